@@ -1,0 +1,209 @@
+//! Publish and channel stats: `POST /channels/{channel}/events`,
+//! `POST /channels/{channel}/events/batch` and `GET /channels/{channel}`.
+//! Channel names may contain `/`, so the route is a wildcard and the suffix
+//! picks the action.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::{AppState, ConnInfo};
+use crate::hub::NewEvent;
+
+/// One event in a publish request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    event: Option<String>,
+    /// Accepted for symmetry with SSE; ids are always assigned by Herald.
+    #[serde(default, rename = "id")]
+    _id: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    events: Vec<PublishBody<'a>>,
+}
+
+/// `POST /channels/{*path}`: `.../events` publishes one event,
+/// `.../events/batch` publishes several.
+pub async fn publish_events(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable {
+            code: "draining",
+            message: "the server is shutting down".into(),
+        });
+    }
+    let (channel, batch) = if let Some(c) = path.strip_suffix("/events/batch") {
+        (c, true)
+    } else if let Some(c) = path.strip_suffix("/events") {
+        (c, false)
+    } else {
+        return Err(ApiError::NotFound(
+            "publish to /channels/{channel}/events or /channels/{channel}/events/batch".into(),
+        ));
+    };
+    state.hub.validate_channel(channel)?;
+    check_json_content_type(&headers)?;
+    let events = if batch {
+        let parsed: BatchBody = parse_json(&body)?;
+        let max = state.config.http.max_batch_events;
+        if parsed.events.is_empty() || parsed.events.len() > max {
+            return Err(ApiError::bad_request(
+                "invalid_batch",
+                format!("a batch holds 1 to {max} events"),
+            ));
+        }
+        parsed
+            .events
+            .into_iter()
+            .map(to_new_event)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![to_new_event(parse_json(&body)?)?]
+    };
+    for e in &events {
+        state.hub.validate_event(e)?;
+    }
+    state.edge.admit_publisher(&conn, &headers, channel)?;
+    let trace = crate::telemetry::trace::current_span_context();
+    let span = tracing::info_span!("publish", channel = %channel, events = events.len());
+    let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
+    tracing::debug!(parent: &span, first = %ids[0], "published");
+    let body = if batch {
+        json!({ "ids": ids.iter().map(ToString::to_string).collect::<Vec<_>>() })
+    } else {
+        json!({ "id": ids[0].to_string() })
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `GET /channels/{*channel}`: subscriber count, last id, ring fill.
+pub async fn channel_stats(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+) -> Result<Response, ApiError> {
+    state.hub.validate_channel(&channel)?;
+    let stats = state
+        .hub
+        .stats(&channel)
+        .ok_or_else(|| ApiError::NotFound(format!("channel {channel:?} does not exist")))?;
+    let epoch = state.hub.epoch();
+    Ok(Json(json!({
+        "channel": stats.name,
+        "subscribers": stats.subscribers,
+        "last_id": stats.last_seq.map(|s| format!("{epoch}-{s}")),
+        "ring": {
+            "len": stats.ring_len,
+            "capacity": stats.ring_capacity,
+            "fill": stats.ring_len as f64 / stats.ring_capacity as f64,
+        },
+    }))
+    .into_response())
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(()),
+        Some(ct)
+            if ct
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::BadRequest {
+            code: "unsupported_media_type",
+            message: "send the body as application/json".into(),
+        }),
+    }
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not a valid publish request: {e}"),
+        )
+    })
+}
+
+fn to_new_event(body: PublishBody<'_>) -> Result<NewEvent, ApiError> {
+    let raw = body
+        .data
+        .ok_or_else(|| ApiError::bad_request("missing_data", "the body needs a \"data\" field"))?;
+    let text = raw.get();
+    let (data, data_is_json) = if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        (s, false)
+    } else {
+        (minify_json(text), true)
+    };
+    Ok(NewEvent {
+        event_type: body.event,
+        data,
+        data_is_json,
+    })
+}
+
+/// Removes insignificant whitespace from valid JSON text, keeping every
+/// number, string and key order exactly as sent.
+fn minify_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minify_json;
+
+    #[test]
+    fn minify_keeps_strings_numbers_and_order() {
+        assert_eq!(
+            minify_json("{ \"b\" : [1, 2.50 ,1e3],\n \"a\": \"x \\\" y\\n\" }"),
+            "{\"b\":[1,2.50,1e3],\"a\":\"x \\\" y\\n\"}"
+        );
+    }
+}

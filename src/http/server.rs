@@ -1,0 +1,343 @@
+//! The connection loop: accepts TCP connections, serves each with hyper's
+//! HTTP/1 server (lean per-connection buffers), guards writes with a
+//! progress timeout, and drains within the grace period on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::subscribe::{CloseCell, CloseReason};
+use super::{AppState, ConnInfo, admin_router, router};
+use crate::config::Config;
+use crate::hub::{Hub, HubSettings};
+use crate::telemetry::metrics as m;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or configuring a socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The edge (auth, limits) could not be built from config.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Binds a listener with the configured backlog.
+pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServeError> {
+    let wrap = |source| ServeError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(wrap)?;
+    socket.set_reuseaddr(true).map_err(wrap)?;
+    socket.bind(addr).map_err(wrap)?;
+    socket.listen(backlog).map_err(wrap)
+}
+
+/// Runs Herald on `listener` until `shutdown` is cancelled, then drains:
+/// stops accepting, ends every stream with a jittered `retry:` hint, lets
+/// in-flight publishes finish, and returns within the grace period.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let handle = crate::telemetry::metrics::install();
+    let hub = Hub::new(HubSettings::from_config(&config.hub, &config.sse));
+    let metrics_here = config.telemetry.metrics_enabled.then(|| handle.clone());
+    let state = Arc::new(
+        AppState::new(
+            Arc::clone(&config),
+            hub.clone(),
+            shutdown.clone(),
+            metrics_here,
+        )
+        .map_err(ServeError::Setup)?,
+    );
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let app = router(Arc::clone(&state));
+    let tracker = TaskTracker::new();
+
+    if let (true, Some(admin)) = (
+        config.telemetry.metrics_enabled,
+        config.telemetry.admin_listen,
+    ) {
+        let admin_listener = bind(admin, 128)?;
+        let admin_app = admin_router(Arc::clone(&state));
+        let stop = shutdown.clone();
+        tracing::info!(addr = %admin, "admin listener (metrics, health) ready");
+        tracker.spawn(async move {
+            let served = axum::serve(admin_listener, admin_app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    spawn_housekeeping(&tracker, hub, handle, Arc::clone(&state), shutdown.clone());
+
+    tracing::info!(
+        addr = %addr,
+        epoch = state.hub.epoch(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    let settings = ConnSettings {
+        header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
+        write_timeout: config.sse.write_timeout(),
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let app = app.clone();
+                let stop = shutdown.clone();
+                tracker.spawn(serve_connection(stream, peer, app, settings, stop));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(open_connections = tracker.len(), "draining");
+    tracker.close();
+    let grace = Duration::from_secs(config.shutdown.grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "grace period over; closing remaining connections"
+        );
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    header_read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) {
+    // Events are small and latency matters: never wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let close = Arc::new(CloseCell::default());
+    let io = TokioIo::new(WatchdogIo::new(
+        stream,
+        settings.write_timeout,
+        Arc::clone(&close),
+    ));
+    let info = ConnInfo { peer, close };
+    let service = app.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(info.clone()));
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(16 * 1024);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn spawn_housekeeping(
+    tracker: &TaskTracker,
+    hub: Hub,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) {
+    let ttl = hub.settings().idle_ttl;
+    let reap_every = (ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    metrics::gauge!(m::CONNECTIONS_LIMIT).set(state.edge.max_connections() as f64);
+    tracker.spawn(async move {
+        let mut reap = tokio::time::interval(reap_every);
+        let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = reap.tick() => { hub.reap(); }
+                _ = upkeep.tick() => {
+                    handle.run_upkeep();
+                    state.edge.housekeeping();
+                }
+            }
+        }
+    });
+}
+
+pin_project! {
+    /// A TCP stream whose writes must make progress: a write that stays
+    /// blocked for `timeout` fails the connection, so a subscriber that never
+    /// reads is dropped instead of pinning buffers forever.
+    struct WatchdogIo {
+        #[pin]
+        inner: TcpStream,
+        stall: Option<Pin<Box<Sleep>>>,
+        armed: bool,
+        timeout: Duration,
+        close: Arc<CloseCell>,
+    }
+}
+
+impl WatchdogIo {
+    fn new(inner: TcpStream, timeout: Duration, close: Arc<CloseCell>) -> Self {
+        Self {
+            inner,
+            stall: None,
+            armed: false,
+            timeout,
+            close,
+        }
+    }
+}
+
+/// Shared by the write paths: clears the stall timer on progress, arms it
+/// when blocked, and fails the write once it fires.
+fn watch<T>(
+    polled: Poll<io::Result<T>>,
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut bool,
+    timeout: Duration,
+    close: &CloseCell,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    match polled {
+        Poll::Ready(r) => {
+            *armed = false;
+            Poll::Ready(r)
+        }
+        Poll::Pending => {
+            let deadline = Instant::now() + timeout;
+            let sleep = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if !*armed {
+                sleep.as_mut().reset(deadline);
+                *armed = true;
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                close.set(CloseReason::WriteTimeout);
+                tracing::info!(
+                    "closing a connection that accepted no bytes within the write timeout"
+                );
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "write stalled",
+                )));
+            }
+            Poll::Pending
+        }
+    }
+}
+
+impl AsyncRead for WatchdogIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WatchdogIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        watch(
+            polled,
+            this.stall,
+            this.armed,
+            *this.timeout,
+            this.close,
+            cx,
+        )
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        watch(
+            polled,
+            this.stall,
+            this.armed,
+            *this.timeout,
+            this.close,
+            cx,
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

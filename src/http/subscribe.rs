@@ -1,0 +1,317 @@
+//! `GET /events`: the SSE stream. The response body is a hand-written
+//! `http_body::Body` that streams pre-framed `Bytes` straight from the
+//! shared rings: no per-subscriber formatting, one batch per wake-up.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::error::ApiError;
+use super::{AppState, ConnInfo};
+use crate::hub::{Resume, Subscription};
+use crate::telemetry::metrics as m;
+
+/// Longest `Last-Event-ID` accepted for parsing; longer ones get a reset.
+const MAX_EVENT_ID_LEN: usize = 64;
+
+/// Query parameters of a subscribe request.
+#[derive(Debug, Default)]
+pub struct SubscribeQuery {
+    /// Requested channels, in order, de-duplicated.
+    pub channels: Vec<String>,
+    /// `lastEventId` query parameter.
+    pub last_event_id: Option<String>,
+    /// `envelope=1`: data is wrapped as `{"channel","id","event","data"}`.
+    pub envelope: bool,
+    /// `access_token` query parameter (redacted everywhere).
+    pub access_token: Option<String>,
+}
+
+impl SubscribeQuery {
+    /// Parses the raw query string; repeated `channel` keys accumulate.
+    pub fn parse(raw: Option<&str>, max_channels: usize) -> Result<Self, ApiError> {
+        let mut q = Self::default();
+        for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*key {
+                "channel" => {
+                    if !q.channels.iter().any(|c| *c == value) {
+                        if q.channels.len() == max_channels {
+                            return Err(ApiError::bad_request(
+                                "too_many_channels",
+                                format!("at most {max_channels} channels per connection"),
+                            ));
+                        }
+                        q.channels.push(value.into_owned());
+                    }
+                }
+                "lastEventId" => q.last_event_id = Some(value.into_owned()),
+                "envelope" => q.envelope = matches!(&*value, "1" | "true" | "yes"),
+                "access_token" => q.access_token = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        if q.channels.is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_channel",
+                "name at least one channel: /events?channel=NAME",
+            ));
+        }
+        Ok(q)
+    }
+}
+
+/// Why a stream ended, for `herald_connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Not decided yet.
+    Open = 0,
+    /// The client went away.
+    Client = 1,
+    /// The server is draining.
+    Shutdown = 2,
+    /// The credential expired mid-stream.
+    TokenExpired = 3,
+    /// The socket accepted no bytes within the write timeout.
+    WriteTimeout = 4,
+    /// The connection failed.
+    Error = 5,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Client,
+            2 => Self::Shutdown,
+            3 => Self::TokenExpired,
+            4 => Self::WriteTimeout,
+            5 => Self::Error,
+            _ => Self::Open,
+        }
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open | Self::Client => "client",
+            Self::Shutdown => "shutdown",
+            Self::TokenExpired => "token_expired",
+            Self::WriteTimeout => "write_timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Shared between a connection's IO watchdog and its stream, so the stream
+/// can report why the connection closed.
+#[derive(Debug, Default)]
+pub struct CloseCell(AtomicU8);
+
+impl CloseCell {
+    /// Records a reason unless one is already set.
+    pub fn set(&self, reason: CloseReason) {
+        let _ = self
+            .0
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+    /// The recorded reason.
+    pub fn get(&self) -> CloseReason {
+        CloseReason::from_u8(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// `GET /events?channel=NAME[&channel=...]`.
+pub async fn subscribe_events(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable {
+            code: "draining",
+            message: "the server is shutting down".into(),
+        });
+    }
+    let query =
+        SubscribeQuery::parse(raw.as_deref(), state.config.sse.max_channels_per_connection)?;
+    for channel in &query.channels {
+        state.hub.validate_channel(channel)?;
+    }
+    let permit = state.edge.admit_subscriber(&conn, &headers, &query)?;
+    let header_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let raw_id = header_id.or(query.last_event_id.as_deref());
+    let resume = match raw_id {
+        None => Resume::Live,
+        Some(id) if id.len() > MAX_EVENT_ID_LEN => Resume::After("invalid"),
+        Some(id) => Resume::After(id),
+    };
+    let sub = state
+        .hub
+        .subscribe(&query.channels, resume, query.envelope)?;
+    let span = tracing::info_span!(
+        "subscription",
+        channels = query.channels.len(),
+        first_channel = %query.channels[0],
+        resumed = raw_id.is_some(),
+        subject = permit.subject().unwrap_or("-"),
+    );
+    tracing::debug!(parent: &span, peer = %conn.peer, "stream opened");
+    metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    let sse = &state.config.sse;
+    let preamble = Bytes::from(format!("retry: {}\n\n", sse.retry_ms));
+    let expiry = permit.expires_at();
+    let body = SseBody {
+        sub,
+        preamble: Some(preamble),
+        heartbeat: tokio::time::sleep(sse.heartbeat()),
+        shutdown: state.shutdown.clone().cancelled_owned(),
+        expiry: tokio::time::sleep_until(expiry.unwrap_or_else(far_future)),
+        has_expiry: expiry.is_some(),
+        done: false,
+        guard: StreamGuard {
+            state: Arc::clone(&state),
+            close: Arc::clone(&conn.close),
+            reason: CloseReason::Open,
+            span,
+            _permit: permit,
+        },
+    };
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// Counts the stream down when it ends, with the reason.
+struct StreamGuard {
+    state: Arc<AppState>,
+    close: Arc<CloseCell>,
+    reason: CloseReason,
+    span: tracing::Span,
+    _permit: super::edge::StreamPermit,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let reason = match self.close.get() {
+            CloseReason::Open => {
+                if self.reason == CloseReason::Open {
+                    CloseReason::Client
+                } else {
+                    self.reason
+                }
+            }
+            other => other,
+        };
+        if reason == CloseReason::WriteTimeout {
+            metrics::counter!(m::SLOW_SUBSCRIBERS, "action" => "closed").increment(1);
+        }
+        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        tracing::debug!(parent: &self.span, reason = reason.as_str(), "stream closed");
+        let _ = &self.state;
+    }
+}
+
+pin_project! {
+    /// The body of one SSE response.
+    struct SseBody {
+        sub: Subscription,
+        preamble: Option<Bytes>,
+        #[pin]
+        heartbeat: Sleep,
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
+        #[pin]
+        expiry: Sleep,
+        has_expiry: bool,
+        done: bool,
+        guard: StreamGuard,
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            *this.done = true;
+            this.guard.reason = CloseReason::Shutdown;
+            let max = this.guard.state.config.sse.shutdown_retry_max_ms.max(1000);
+            // Jittered so that clients do not all come back at once.
+            let retry = fastrand::u64(max / 5..=max);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
+                "retry: {retry}\n\n"
+            ))))));
+        }
+        if *this.has_expiry && this.expiry.as_mut().poll(cx).is_ready() {
+            *this.done = true;
+            this.guard.reason = CloseReason::TokenExpired;
+            let retry = this.guard.state.config.sse.retry_ms;
+            let frame = format!(
+                "event: herald.token_expired\ndata: {{\"reason\":\"token_expired\",\"message\":\"refresh the token and reconnect\"}}\n\nretry: {retry}\n\n"
+            );
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
+        }
+        if let Poll::Ready(batch) = this.sub.poll_batch(cx) {
+            if batch.events > 0 {
+                let shared = &this.guard.state.sse_metrics;
+                shared.delivered.increment(batch.events as u64);
+                if let Some(oldest) = batch.oldest {
+                    shared.latency.record(oldest.elapsed().as_secs_f64());
+                }
+            }
+            return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
+        }
+        if this.heartbeat.as_mut().poll(cx).is_ready() {
+            let next = Instant::now() + this.guard.state.config.sse.heartbeat();
+            this.heartbeat.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b": heartbeat\n\n",
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.preamble.is_none()
+    }
+}

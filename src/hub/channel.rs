@@ -1,0 +1,179 @@
+//! A channel: the ring of its recent events (both the replay history and the
+//! fan-out buffer), a wake-up primitive and a subscriber count.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::event::Event;
+
+/// One named channel. Held in the hub's map and by every subscription to it.
+#[derive(Debug)]
+pub struct Channel {
+    /// The channel name.
+    pub(crate) name: Arc<str>,
+    /// Recent events in seq order. Locked briefly by publishers (under the
+    /// hub's sequencer) and by subscribers copying out `Arc`s; never held
+    /// across an `.await`.
+    ring: Mutex<Ring>,
+    /// Woken (all waiters) after each publish. Subscriptions hold owned
+    /// `Notified` futures on it.
+    pub(crate) notify: Arc<Notify>,
+    /// Open subscriptions. Changed only under the hub map's shard lock on
+    /// the way up, so the reaper never removes a channel being joined.
+    subscribers: AtomicUsize,
+    /// Milliseconds since hub start of the last publish or unsubscribe.
+    last_active_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Ring {
+    events: VecDeque<Arc<Event>>,
+    capacity: usize,
+    /// Seq of the newest event this channel no longer holds (evicted, or
+    /// dropped with an earlier incarnation of the channel). Replay after seq
+    /// S is complete exactly when `evicted_through <= S`.
+    evicted_through: u64,
+    /// Set by the reaper: publishers must look the channel up again.
+    pub(crate) dead: bool,
+}
+
+/// What one read of a channel found.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadOutcome {
+    /// Events in `(after, evicted_through]` are gone: the reader lost them.
+    pub lost_through: Option<u64>,
+    /// The read stopped at the byte budget with events left; the seq of the
+    /// last event read.
+    pub capped_at: Option<u64>,
+}
+
+/// A point-in-time view of a channel, for the stats endpoint.
+#[derive(Debug, Clone)]
+pub struct ChannelStats {
+    /// Channel name.
+    pub name: String,
+    /// Open subscriptions.
+    pub subscribers: usize,
+    /// Seq of the newest retained event.
+    pub last_seq: Option<u64>,
+    /// Events retained.
+    pub ring_len: usize,
+    /// Events the ring can retain.
+    pub ring_capacity: usize,
+    /// Seq of the newest event no longer retained (0 if none).
+    pub evicted_through: u64,
+}
+
+impl Channel {
+    pub(crate) fn new(name: Arc<str>, capacity: usize, floor: u64, now_ms: u64) -> Self {
+        Self {
+            name,
+            ring: Mutex::new(Ring {
+                // Grows on demand: an idle channel costs no ring memory.
+                events: VecDeque::new(),
+                capacity,
+                evicted_through: floor,
+                dead: false,
+            }),
+            notify: Arc::new(Notify::new()),
+            subscribers: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ring> {
+        // A panic while holding the lock cannot leave the ring inconsistent
+        // (every mutation is a single push/pop), so poisoning is ignored.
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add_subscriber(&self) {
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn remove_subscriber(&self, now_ms: u64) {
+        self.last_active_ms.store(now_ms, Ordering::Relaxed);
+        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_active_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle_since_ms(&self) -> u64 {
+        self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// Appends events with `seq` greater than `after` and at most `upto` to
+    /// `out`, stopping once `max_bytes` of frames are taken (always at least
+    /// one event).
+    pub(crate) fn read_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max_bytes: usize,
+        out: &mut Vec<Arc<Event>>,
+    ) -> ReadOutcome {
+        let ring = self.lock();
+        let mut outcome = ReadOutcome::default();
+        let mut from = after;
+        if ring.evicted_through > after {
+            outcome.lost_through = Some(ring.evicted_through);
+            from = ring.evicted_through;
+        }
+        let start = ring.events.partition_point(|e| e.id.seq <= from);
+        let mut bytes = 0;
+        let mut last = None;
+        for event in ring.events.range(start..) {
+            if event.id.seq > upto {
+                break;
+            }
+            if bytes > 0 && bytes + event.frame.len() > max_bytes {
+                outcome.capped_at = last;
+                break;
+            }
+            bytes += event.frame.len();
+            last = Some(event.id.seq);
+            out.push(Arc::clone(event));
+        }
+        outcome
+    }
+
+    pub(crate) fn stats(&self) -> ChannelStats {
+        let ring = self.lock();
+        ChannelStats {
+            name: self.name.to_string(),
+            subscribers: self.subscribers(),
+            last_seq: ring.events.back().map(|e| e.id.seq),
+            ring_len: ring.events.len(),
+            ring_capacity: ring.capacity,
+            evicted_through: ring.evicted_through,
+        }
+    }
+}
+
+impl Ring {
+    /// Appends an event, evicting the oldest when full.
+    pub(crate) fn push(&mut self, event: Arc<Event>) {
+        if self.events.len() == self.capacity {
+            if let Some(old) = self.events.pop_front() {
+                self.evicted_through = old.id.seq;
+            }
+        }
+        self.events.push_back(event);
+    }
+
+    /// The newest seq this channel has ever held or dropped.
+    pub(crate) fn high_water(&self) -> u64 {
+        self.events
+            .back()
+            .map_or(self.evicted_through, |e| e.id.seq.max(self.evicted_through))
+    }
+}
