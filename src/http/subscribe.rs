@@ -298,6 +298,12 @@ impl http_body::Body for SseBody {
                 if let Some(oldest) = batch.oldest {
                     shared.latency.record(oldest.elapsed().as_secs_f64());
                 }
+                // At most one span per batch, and none unless traces are on.
+                if crate::telemetry::trace::enabled()
+                    && let Some(publish) = &batch.trace
+                {
+                    let _fanout = crate::telemetry::trace::fanout_span(publish, batch.events);
+                }
             }
             return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
         }

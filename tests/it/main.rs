@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real server on `127.0.0.1:0` and talks
+//! to it over real sockets. One test crate with modules, so the suite links
+//! once.
+
+mod common;
+
+mod core;
+mod otlp;
+mod prometheus;
