@@ -64,6 +64,7 @@
 //! open; when it runs out the stream ends with a final event telling the
 //! client to refresh its token, then a `retry:` hint.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -92,6 +93,9 @@ pub const QUERY_PARAM: &str = "access_token";
 /// Longest token accepted, in bytes; anything longer is `malformed` before
 /// any decoding work is done.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Longest time [`Claims::expires_in`] reports (ten years).
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Most leeway a config may grant for clock skew.
 const MAX_LEEWAY_SECS: u64 = 3600;
@@ -431,13 +435,16 @@ impl Claims {
     }
 
     /// Time left before `exp`, measured on the system clock; `Some(ZERO)` once
-    /// it has passed, `None` when the token has no `exp`.
+    /// it has passed, `None` when the token has no `exp`. Capped at
+    /// [`MAX_EXPIRES_IN`], so adding it to an `Instant` cannot overflow.
     pub fn expires_in(&self) -> Option<Duration> {
-        let exp = UNIX_EPOCH + Duration::from_secs(self.exp?);
-        Some(
-            exp.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
+        let left = UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.exp?))
+            .map_or(MAX_EXPIRES_IN, |exp| {
+                exp.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            });
+        Some(left.min(MAX_EXPIRES_IN))
     }
 }
 
@@ -782,6 +789,39 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find(|(k, _)| k.trim() == name)
         .map(|(_, v)| v.trim().trim_matches('"'))
         .filter(|v| !v.is_empty())
+}
+
+/// The percent-decoded `access_token` value of a raw query string, to pass
+/// to [`Authenticator::authenticate`].
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == QUERY_PARAM)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `query` with every `access_token` value replaced by `[redacted]`, for
+/// logs and spans. Keys are compared percent-decoded, so an encoded key such
+/// as `access%5Ftoken` is redacted too.
+pub fn redact_query(query: &str) -> Cow<'_, str> {
+    let is_token = |pair: &str| {
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(k, _)| k == QUERY_PARAM)
+    };
+    if !query.split('&').any(is_token) {
+        return Cow::Borrowed(query);
+    }
+    let redacted: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| {
+            if is_token(pair) {
+                Cow::Owned(format!("{QUERY_PARAM}=[redacted]"))
+            } else {
+                Cow::Borrowed(pair)
+            }
+        })
+        .collect();
+    Cow::Owned(redacted.join("&"))
 }
 
 /// Decodes unpadded base64url (RFC 4648 §5), as used by JWS.
@@ -1591,6 +1631,11 @@ mod tests {
         };
         assert_eq!(past.expires_in(), Some(Duration::ZERO));
         assert_eq!(Claims::default().expires_in(), None);
+        let far = Claims {
+            exp: Some(u64::MAX),
+            ..Claims::default()
+        };
+        assert_eq!(far.expires_in(), Some(MAX_EXPIRES_IN));
     }
 
     #[test]
@@ -1798,6 +1843,48 @@ mod tests {
             ..AuthConfig::default()
         };
         assert!(rs_prod.validate().is_ok());
+    }
+
+    #[test]
+    fn query_token_extraction_and_redaction() {
+        assert_eq!(
+            query_token(Some("channel=a&access_token=t%2Bk")),
+            Some("t+k".into())
+        );
+        assert_eq!(query_token(Some("channel=a")), None);
+        assert_eq!(query_token(None), None);
+
+        assert_eq!(
+            redact_query("channel=a&lastEventId=1"),
+            "channel=a&lastEventId=1"
+        );
+        assert!(matches!(redact_query("channel=a"), Cow::Borrowed(_)));
+        let r = redact_query("channel=a&access_token=SECRET&channel=b");
+        assert_eq!(r, "channel=a&access_token=[redacted]&channel=b");
+        let r = redact_query("access%5Ftoken=SECRET&access_token=S2");
+        assert!(!r.contains("SECRET") && !r.contains("S2"), "{r}");
+        assert_eq!(query_token(Some("access%5Ftoken=x")), Some("x".into()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_tokens_never_panic_and_are_401(
+            raw in ".{0,300}",
+            parts in proptest::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5),
+        ) {
+            let auth = authenticator(&hs_config());
+            for token in [raw.clone(), parts.join(".")] {
+                let err = auth.verify(&token).expect_err("random input never verifies");
+                proptest::prop_assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+            }
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {raw}")) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            if let Err(e) = auth.authenticate(&headers, Some(&raw)) {
+                proptest::prop_assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod publish;
 pub mod server;
+mod stream_conn;
 pub mod subscribe;
 
 use std::net::SocketAddr;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::stream_conn::{self, Opening};
 use super::subscribe::{CloseCell, CloseReason};
 use super::{AppState, ConnInfo, admin_router, router};
 use crate::config::Config;
@@ -165,12 +166,43 @@ async fn serve_connection(
     // Events are small and latency matters: never wait for Nagle.
     let _ = stream.set_nodelay(true);
     let close = Arc::new(CloseCell::default());
-    let io = TokioIo::new(WatchdogIo::new(
-        stream,
-        settings.write_timeout,
-        Arc::clone(&close),
-    ));
-    let info = ConnInfo { peer, close };
+    let info = ConnInfo {
+        peer,
+        close: Arc::clone(&close),
+    };
+    match stream_conn::classify(&stream, settings.header_read_timeout).await {
+        Opening::Gone => return,
+        Opening::Subscribe => {
+            let served = stream_conn::serve(
+                stream,
+                info,
+                app,
+                settings.header_read_timeout,
+                settings.write_timeout,
+            )
+            .await;
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer, error = %e, "stream connection ended with an error");
+            }
+            return;
+        }
+        Opening::Other => {}
+    }
+    // Boxed: hyper's connection state is large, and only this branch needs it.
+    Box::pin(serve_http(stream, info, close, app, settings, shutdown)).await;
+}
+
+/// Serves a general HTTP/1 connection with hyper.
+async fn serve_http(
+    stream: TcpStream,
+    info: ConnInfo,
+    close: Arc<CloseCell>,
+    app: Router,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) {
+    let peer = info.peer;
+    let io = TokioIo::new(WatchdogIo::new(stream, settings.write_timeout, close));
     let service = app.map_request(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(info.clone()));
         req

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -164,7 +163,9 @@ pub async fn subscribe_events(
     let sub = state
         .hub
         .subscribe(&query.channels, resume, query.envelope)?;
-    let span = tracing::info_span!(
+    // Debug level: a span lives as long as its stream, so at the default
+    // `info` filter no per-connection span memory is spent.
+    let span = tracing::debug_span!(
         "subscription",
         channels = query.channels.len(),
         first_channel = %query.channels[0],
@@ -176,14 +177,15 @@ pub async fn subscribe_events(
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     let sse = &state.config.sse;
     let preamble = Bytes::from(format!("retry: {}\n\n", sse.retry_ms));
-    let expiry = permit.expires_at();
+    let expires_at = permit.expires_at();
+    let next_heartbeat = Instant::now() + sse.heartbeat();
+    let first_wake = expires_at.map_or(next_heartbeat, |e| e.min(next_heartbeat));
     let body = SseBody {
         sub,
         preamble: Some(preamble),
-        heartbeat: tokio::time::sleep(sse.heartbeat()),
+        timer: tokio::time::sleep_until(first_wake),
+        expires_at,
         shutdown: state.shutdown.clone().cancelled_owned(),
-        expiry: tokio::time::sleep_until(expiry.unwrap_or_else(far_future)),
-        has_expiry: expiry.is_some(),
         done: false,
         guard: StreamGuard {
             state: Arc::clone(&state),
@@ -203,10 +205,6 @@ pub async fn subscribe_events(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Counts the stream down when it ends, with the reason.
@@ -245,13 +243,12 @@ pin_project! {
     struct SseBody {
         sub: Subscription,
         preamble: Option<Bytes>,
+        // One timer serves both the heartbeat and the token expiry.
         #[pin]
-        heartbeat: Sleep,
+        timer: Sleep,
+        expires_at: Option<Instant>,
         #[pin]
         shutdown: WaitForCancellationFutureOwned,
-        #[pin]
-        expiry: Sleep,
-        has_expiry: bool,
         done: bool,
         guard: StreamGuard,
     }
@@ -282,7 +279,8 @@ impl http_body::Body for SseBody {
                 "retry: {retry}\n\n"
             ))))));
         }
-        if *this.has_expiry && this.expiry.as_mut().poll(cx).is_ready() {
+        let now = Instant::now();
+        if this.expires_at.is_some_and(|e| e <= now) {
             *this.done = true;
             this.guard.reason = CloseReason::TokenExpired;
             let retry = this.guard.state.config.sse.retry_ms;
@@ -307,9 +305,17 @@ impl http_body::Body for SseBody {
             }
             return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
         }
-        if this.heartbeat.as_mut().poll(cx).is_ready() {
-            let next = Instant::now() + this.guard.state.config.sse.heartbeat();
-            this.heartbeat.as_mut().reset(next);
+        if this.timer.as_mut().poll(cx).is_ready() {
+            if this.expires_at.is_some_and(|e| e <= Instant::now()) {
+                // Expiry is handled at the top; come straight back to it.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let next_heartbeat = Instant::now() + this.guard.state.config.sse.heartbeat();
+            this.timer.as_mut().reset(
+                this.expires_at
+                    .map_or(next_heartbeat, |e| e.min(next_heartbeat)),
+            );
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                 b": heartbeat\n\n",
             )))));

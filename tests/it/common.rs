@@ -42,9 +42,16 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            herald::run(config, listener, token).await.expect("server runs");
+            herald::run(config, listener, token)
+                .await
+                .expect("server runs");
         });
-        Self { addr, shutdown, task: Some(task), http: client() }
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+            http: client(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -53,7 +60,8 @@ impl TestServer {
 
     /// Publishes `data` and returns the id.
     pub async fn publish(&self, channel: &str, data: Value) -> String {
-        self.publish_event(channel, serde_json::json!({ "data": data })).await
+        self.publish_event(channel, serde_json::json!({ "data": data }))
+            .await
     }
 
     /// Publishes a full request body and returns the id.
@@ -129,13 +137,19 @@ impl Sse {
             .bytes_stream()
             .eventsource()
             .map(|r| r.map_err(|e| e.to_string()));
-        Self { stream: Box::pin(stream) }
+        Self {
+            stream: Box::pin(stream),
+        }
     }
 
     /// The next event, or `None` if the stream ended or `wait` passed.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Event> {
         match tokio::time::timeout(wait, self.stream.next()).await {
-            Ok(Some(Ok(e))) => Some(Event { id: e.id, event: e.event, data: e.data }),
+            Ok(Some(Ok(e))) => Some(Event {
+                id: e.id,
+                event: e.event,
+                data: e.data,
+            }),
             Ok(Some(Err(e))) => panic!("SSE stream error: {e}"),
             Ok(None) | Err(_) => None,
         }
@@ -143,7 +157,9 @@ impl Sse {
 
     /// The next event; fails the test if none arrives in time.
     pub async fn next(&mut self) -> Event {
-        self.next_within(WAIT).await.expect("an event within the wait")
+        self.next_within(WAIT)
+            .await
+            .expect("an event within the wait")
     }
 
     /// Collects exactly `n` events.
@@ -205,8 +221,14 @@ impl ServerProcess {
         let mut child = cmd.spawn().expect("spawn herald binary");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for pipe in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()
@@ -244,7 +266,11 @@ impl ServerProcess {
                 }
             }
         });
-        Self { child, addr, logs: rx2 }
+        Self {
+            child,
+            addr,
+            logs: rx2,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -288,8 +314,13 @@ fn parse_listening(line: &str) -> Option<SocketAddr> {
 pub async fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra_headers}\r\n");
-    stream.write_all(req.as_bytes()).await.expect("send request");
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra_headers}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
     stream
 }
 
@@ -336,12 +367,22 @@ pub async fn read_until_count(
 }
 
 pub fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// Fetches `/metrics` and returns the value of the first sample whose line starts with `prefix`.
 pub async fn metric(http: &reqwest::Client, base: &str, prefix: &str) -> Option<f64> {
-    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -33,7 +33,12 @@ async fn stream_headers_retry_and_heartbeat() {
         c.sse.retry_ms = 1234;
     })
     .await;
-    let res = server.http.get(server.url("/events?channel=hb")).send().await.expect("request");
+    let res = server
+        .http
+        .get(server.url("/events?channel=hb"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(res.status(), 200);
     let h = res.headers();
     assert_eq!(h["content-type"], "text/event-stream");
@@ -45,7 +50,9 @@ async fn stream_headers_retry_and_heartbeat() {
     let text = String::from_utf8_lossy(&bytes);
     let body_start = text.find("\r\n\r\n").expect("response head") + 4;
     assert!(text[body_start..].contains("retry: 1234\n\n"), "{text}");
-    assert!(text.find("retry: 1234").expect("retry") < text.find(": heartbeat").expect("heartbeat"));
+    assert!(
+        text.find("retry: 1234").expect("retry") < text.find(": heartbeat").expect("heartbeat")
+    );
     assert_eq!(count_occurrences(&bytes, b": heartbeat"), 2, "{text}");
     server.stop().await;
 }
@@ -63,8 +70,10 @@ async fn data_round_trips_exactly_and_cannot_inject_events() {
         .http
         .post(server.url("/channels/fmt/events"))
         .header("content-type", "application/json")
-        .body(r#"{"data": { "b" : [1, 2.50, true],
-            "a": {"n": null} }}"#)
+        .body(
+            r#"{"data": { "b" : [1, 2.50, true],
+            "a": {"n": null} }}"#,
+        )
         .send()
         .await
         .expect("publish");
@@ -90,7 +99,9 @@ async fn event_types_and_bad_input_get_clear_errors() {
     })
     .await;
     let mut sub = server.subscribe("channel=typed", None).await;
-    server.publish_event("typed", json!({ "data": "x", "event": "greeting" })).await;
+    server
+        .publish_event("typed", json!({ "data": "x", "event": "greeting" }))
+        .await;
     assert_eq!(sub.next().await.event, "greeting");
 
     let post = |path: &str, body: String| {
@@ -102,38 +113,104 @@ async fn event_types_and_bad_input_get_clear_errors() {
             .send()
     };
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("/channels/typed/events", json!({"data": "x", "event": "a\nb"}).to_string(), 400, "invalid_event_type"),
-        ("/channels/typed/events", json!({"data": "x", "event": "a\rb"}).to_string(), 400, "invalid_event_type"),
-        ("/channels/typed/events", "not json".into(), 400, "invalid_json"),
-        ("/channels/typed/events", json!({"event": "x"}).to_string(), 400, "missing_data"),
-        ("/channels/typed/events", json!({"data": "x".repeat(2000)}).to_string(), 413, "payload_too_large"),
-        ("/channels/typed/events", json!({"data": "x".repeat(8000)}).to_string(), 413, "payload_too_large"),
-        ("/channels/bad%20name/events", json!({"data": "x"}).to_string(), 400, "invalid_channel"),
-        ("/channels/typed/events/batch", json!({"events": []}).to_string(), 400, "invalid_batch"),
-        ("/channels/typed/nope", json!({"data": "x"}).to_string(), 404, "not_found"),
+        (
+            "/channels/typed/events",
+            json!({"data": "x", "event": "a\nb"}).to_string(),
+            400,
+            "invalid_event_type",
+        ),
+        (
+            "/channels/typed/events",
+            json!({"data": "x", "event": "a\rb"}).to_string(),
+            400,
+            "invalid_event_type",
+        ),
+        (
+            "/channels/typed/events",
+            "not json".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "/channels/typed/events",
+            json!({"event": "x"}).to_string(),
+            400,
+            "missing_data",
+        ),
+        (
+            "/channels/typed/events",
+            json!({"data": "x".repeat(2000)}).to_string(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/channels/typed/events",
+            json!({"data": "x".repeat(8000)}).to_string(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/channels/bad%20name/events",
+            json!({"data": "x"}).to_string(),
+            400,
+            "invalid_channel",
+        ),
+        (
+            "/channels/typed/events/batch",
+            json!({"events": []}).to_string(),
+            400,
+            "invalid_batch",
+        ),
+        (
+            "/channels/typed/nope",
+            json!({"data": "x"}).to_string(),
+            404,
+            "not_found",
+        ),
     ];
     for (path, body, status, code) in cases {
         let res = post(path, body.clone()).await.expect("request");
         assert_eq!(res.status().as_u16(), status, "{path} {body:.80}");
         let v: Value = res.json().await.expect("JSON error body");
         assert_eq!(v["error"]["code"], code, "{path}: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
     }
     for (query, code) in [
-        ("channel=a&channel=b&channel=c&channel=d", "too_many_channels"),
+        (
+            "channel=a&channel=b&channel=c&channel=d",
+            "too_many_channels",
+        ),
         ("channel=bad%20name", "invalid_channel"),
         ("channel=", "invalid_channel"),
         ("", "missing_channel"),
         (&format!("channel={}", "x".repeat(200)), "invalid_channel"),
     ] {
-        let res = server.http.get(server.url(&format!("/events?{query}"))).send().await.expect("request");
+        let res = server
+            .http
+            .get(server.url(&format!("/events?{query}")))
+            .send()
+            .await
+            .expect("request");
         assert_eq!(res.status(), 400, "{query}");
         let v: Value = res.json().await.expect("JSON error body");
         assert_eq!(v["error"]["code"], code, "{query}");
     }
     // Nothing was published by the bad requests.
     sub.assert_quiet(Duration::from_millis(300)).await;
-    let stats: Value = server.http.get(server.url("/channels/typed")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = server
+        .http
+        .get(server.url("/channels/typed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["ring"]["len"], 1, "{stats}");
     server.stop().await;
 }
@@ -145,23 +222,46 @@ async fn batch_publish_and_channel_stats() {
     let res = server
         .http
         .post(server.url("/channels/news/sports/events/batch"))
-        .json(&json!({ "events": [{ "data": "a" }, { "data": "b", "event": "t" }, { "data": [1] }] }))
+        .json(
+            &json!({ "events": [{ "data": "a" }, { "data": "b", "event": "t" }, { "data": [1] }] }),
+        )
         .send()
         .await
         .expect("batch");
     assert_eq!(res.status(), 202);
     let v: Value = res.json().await.expect("json");
-    let ids: Vec<String> = v["ids"].as_array().expect("ids").iter().map(|i| i.as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 3);
     let got = sub.take(3).await;
-    assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a", "b", "[1]"]);
+    assert_eq!(
+        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "[1]"]
+    );
     assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
-    let stats: Value = server.http.get(server.url("/channels/news/sports")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = server
+        .http
+        .get(server.url("/channels/news/sports"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["subscribers"], 1);
     assert_eq!(stats["last_id"], ids[2].as_str());
     assert_eq!(stats["ring"]["len"], 3);
     assert_eq!(stats["ring"]["capacity"], 8);
-    let missing = server.http.get(server.url("/channels/nobody")).send().await.unwrap();
+    let missing = server
+        .http
+        .get(server.url("/channels/nobody"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     server.stop().await;
 }
@@ -176,15 +276,28 @@ async fn reconnecting_with_an_earlier_id_gets_exactly_the_later_events() {
     // Header form.
     let mut sub = server.subscribe("channel=resume", Some(&ids[3])).await;
     let got = sub.take(6).await;
-    assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[4..]);
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids[4..]
+    );
     sub.assert_quiet(Duration::from_millis(200)).await;
     // Query form, then live continues after the replay.
-    let mut sub = server.subscribe(&format!("channel=resume&lastEventId={}", ids[7]), None).await;
+    let mut sub = server
+        .subscribe(&format!("channel=resume&lastEventId={}", ids[7]), None)
+        .await;
     let live = server.publish("resume", json!("live")).await;
     let got = sub.take(3).await;
-    assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [ids[8].clone(), ids[9].clone(), live]);
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        [ids[8].clone(), ids[9].clone(), live]
+    );
     // The header wins over a stale query id (what browsers send on reconnect).
-    let mut sub = server.subscribe(&format!("channel=resume&lastEventId={}", ids[0]), Some(&ids[8])).await;
+    let mut sub = server
+        .subscribe(
+            &format!("channel=resume&lastEventId={}", ids[0]),
+            Some(&ids[8]),
+        )
+        .await;
     assert_eq!(sub.next().await.id, ids[9]);
     server.stop().await;
 }
@@ -202,7 +315,9 @@ async fn three_channels_resume_from_one_id_in_seq_order() {
             }
         }
     }
-    let mut sub = server.subscribe("channel=a&channel=b&channel=c&envelope=1", Some(&start)).await;
+    let mut sub = server
+        .subscribe("channel=a&channel=b&channel=c&envelope=1", Some(&start))
+        .await;
     let got = sub.take(expected.len()).await;
     for (e, (id, data)) in got.iter().zip(&expected) {
         assert_eq!(&e.id, id);
@@ -211,7 +326,10 @@ async fn three_channels_resume_from_one_id_in_seq_order() {
         assert_eq!(env["id"], id.as_str());
         assert_eq!(env["channel"], &data[..1]);
     }
-    let seqs: Vec<u64> = got.iter().map(|e| e.id.split_once('-').unwrap().1.parse().unwrap()).collect();
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|e| e.id.split_once('-').unwrap().1.parse().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     sub.assert_quiet(Duration::from_millis(200)).await;
     server.stop().await;
@@ -239,20 +357,33 @@ async fn incomplete_replay_sends_reset_first_then_live_events() {
         let body: Value = serde_json::from_str(&reset.data).expect("reset JSON");
         assert_eq!(body["reason"], reason, "{body}");
         assert_eq!(body["channels"], json!(["gap"]));
-        assert!(body["lost"]["through"].as_str().unwrap().starts_with(&epoch), "{body}");
+        assert!(
+            body["lost"]["through"]
+                .as_str()
+                .unwrap()
+                .starts_with(&epoch),
+            "{body}"
+        );
         if reason == "expired" {
             // The lost range is exact, and the retained tail follows.
             assert_eq!(body["lost"]["after"], ids[1].as_str());
             assert_eq!(body["lost"]["through"], ids[5].as_str());
             let tail = sub.take(4).await;
-            assert_eq!(tail.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[6..]);
+            assert_eq!(
+                tail.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+                ids[6..]
+            );
         } else {
             // The reset carries the id to resume from: the current head.
             assert_eq!(reset.id, head);
         }
         let live = server.publish("gap", json!("live")).await;
         let next = sub.next().await;
-        assert_eq!((next.id.as_str(), next.data.as_str()), (live.as_str(), "live"), "{reason}");
+        assert_eq!(
+            (next.id.as_str(), next.data.as_str()),
+            (live.as_str(), "live"),
+            "{reason}"
+        );
         head = live;
     }
     server.stop().await;
@@ -274,7 +405,12 @@ async fn concurrent_publishers_give_fifty_subscribers_one_total_order() {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in 0..PER_PUBLISHER {
-                let res = http.post(&url).json(&json!({ "data": format!("{p}:{i}") })).send().await.expect("publish");
+                let res = http
+                    .post(&url)
+                    .json(&json!({ "data": format!("{p}:{i}") }))
+                    .send()
+                    .await
+                    .expect("publish");
                 assert_eq!(res.status(), 202);
                 let v: Value = res.json().await.expect("json");
                 ids.push(v["id"].as_str().expect("id").to_string());
@@ -295,7 +431,10 @@ async fn concurrent_publishers_give_fifty_subscribers_one_total_order() {
         let unique: HashSet<_> = got.iter().map(|e| e.id.clone()).collect();
         assert_eq!(unique.len(), total, "no duplicates");
         assert_eq!(unique, published, "no gaps");
-        let seqs: Vec<u64> = got.iter().map(|e| e.id.split_once('-').unwrap().1.parse().unwrap()).collect();
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|e| e.id.split_once('-').unwrap().1.parse().unwrap())
+            .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order");
         match &first {
             None => first = Some(keys),
@@ -331,7 +470,10 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     let payload = "p".repeat(16 * 1024);
     let server = ServerProcess::spawn(
         &[],
-        &[("HERALD_HUB__RING_SIZE", "256"), ("HERALD_SSE__WRITE_TIMEOUT_SECS", "2")],
+        &[
+            ("HERALD_HUB__RING_SIZE", "256"),
+            ("HERALD_SSE__WRITE_TIMEOUT_SECS", "2"),
+        ],
     )
     .await;
     let pid = server.child.id().expect("pid");
@@ -347,7 +489,12 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     let url = server.url("/channels/flood/events/batch");
     let events: Vec<Value> = (0..BATCH).map(|_| json!({ "data": payload })).collect();
     for _ in 0..EVENTS / BATCH {
-        let res = http.post(&url).json(&json!({ "events": events })).send().await.expect("publish");
+        let res = http
+            .post(&url)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .expect("publish");
         assert_eq!(res.status(), 202);
     }
     let rss_after = rss_kib(pid);
@@ -355,23 +502,46 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     // The reader keeps every "id: " after the first line; count them all.
     let delivered = count_occurrences(&bytes, b"id: ");
     assert_eq!(delivered, EVENTS, "the fast subscriber got every event");
-    assert_eq!(count_occurrences(&bytes, b"herald.reset"), 0, "the fast subscriber was never reset");
+    assert_eq!(
+        count_occurrences(&bytes, b"herald.reset"),
+        0,
+        "the fast subscriber was never reset"
+    );
     // 4000 x 16 KiB = 64 MiB went out; the server keeps only the ring.
     let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
-    assert!(growth_mib < 32, "server RSS grew {growth_mib} MiB while a subscriber stalled");
+    assert!(
+        growth_mib < 32,
+        "server RSS grew {growth_mib} MiB while a subscriber stalled"
+    );
     // The stalled connection is closed once writes stop progressing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let closed = metric(&http, &server.url(""), "herald_slow_subscribers_total{action=\"closed\"}").await;
+        let closed = metric(
+            &http,
+            &server.url(""),
+            "herald_slow_subscribers_total{action=\"closed\"}",
+        )
+        .await;
         if closed == Some(1.0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "stalled subscriber was not closed: {closed:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled subscriber was not closed: {closed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let timed_out =
-        metric(&http, &server.url(""), "herald_connections_closed_total{reason=\"write_timeout\"}").await;
-    assert_eq!(timed_out, Some(1.0), "exactly one stream (the stalled one) hit the write timeout");
+    let timed_out = metric(
+        &http,
+        &server.url(""),
+        "herald_connections_closed_total{reason=\"write_timeout\"}",
+    )
+    .await;
+    assert_eq!(
+        timed_out,
+        Some(1.0),
+        "exactly one stream (the stalled one) hit the write timeout"
+    );
     drop(stalled);
 }
 
@@ -383,12 +553,19 @@ async fn sigterm_ends_streams_and_exits_within_grace() {
         streams.push(raw_get(server.addr, "/events?channel=bye", "").await);
     }
     let http = client();
-    let ready = http.get(server.url("/readyz")).send().await.expect("readyz");
+    let ready = http
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
     // Wait until all three are counted as open.
     let deadline = tokio::time::Instant::now() + WAIT;
     while metric(&http, &server.url(""), "herald_connections ").await != Some(3.0) {
-        assert!(tokio::time::Instant::now() < deadline, "streams did not open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams did not open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = std::time::Instant::now();
@@ -405,7 +582,11 @@ async fn sigterm_ends_streams_and_exits_within_grace() {
         .expect("process exits within the grace period")
         .expect("wait");
     assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
     let logs = server.drain_logs().join("\n");
     assert!(logs.contains("SIGTERM received"), "{logs}");
     // New connections are refused once it has stopped.
@@ -415,9 +596,25 @@ async fn sigterm_ends_streams_and_exits_within_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_not_found_are_json() {
     let server = TestServer::start().await;
-    let health: Value = server.http.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let ready: Value = server.http.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = server
+        .http
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready");
     let res = server.http.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(res.status(), 404);
@@ -440,10 +637,16 @@ async fn check_config_accepts_good_files_and_rejects_bad_ones() {
     std::fs::write(&bad, "[hub]\nring_size = 0\n").unwrap();
     let typo = dir.join("typo.toml");
     std::fs::write(&typo, "[hub]\nring_sise = 4\n").unwrap();
-    let out = std::process::Command::new(bin).args(["check-config", good.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     for (file, needle) in [(&bad, "ring_size"), (&typo, "ring_sise")] {
-        let out = std::process::Command::new(bin).args(["check-config", file.to_str().unwrap()]).output().unwrap();
+        let out = std::process::Command::new(bin)
+            .args(["check-config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err}");
@@ -456,7 +659,10 @@ async fn check_config_accepts_good_files_and_rejects_bad_ones() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen"),
+        "{out:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -464,21 +670,114 @@ async fn check_config_accepts_good_files_and_rejects_bad_ones() {
 async fn demo_page_in_two_chromium_tabs() {
     let server = TestServer::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/two_tabs.mjs");
-    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
+    let modules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/node_modules/playwright-core"
+    );
     assert!(
         std::path::Path::new(modules).exists(),
         "playwright-core is missing: run scripts/test.sh (it runs `npm ci` in tests/browser)"
     );
     let out = tokio::time::timeout(
         Duration::from_secs(90),
-        tokio::process::Command::new("node").arg(script).arg(server.url("/")).output(),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg(server.url("/"))
+            .output(),
     )
     .await
     .expect("browser test finishes in time")
     .expect("run node (install nodejs)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "two-tab browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "two-tab browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("\"ok\":true"), "{stdout}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_work_on_a_kept_alive_connection_and_reject_bad_heads() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    // A keep-alive connection that first fetches something else is served by
+    // the general HTTP path; its later subscription must work all the same.
+    let mut conn = raw_get(server.addr, "/healthz", "").await;
+    let first = read_until_count(&mut conn, b"\"ok\"", 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"),
+        "{first:?}"
+    );
+    let req = format!(
+        "GET /events?channel=reuse HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.addr
+    );
+    conn.write_all(req.as_bytes())
+        .await
+        .expect("second request");
+    let head = read_until_count(&mut conn, b"retry: ", 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&head).contains("text/event-stream"),
+        "{head:?}"
+    );
+    let id = server.publish("reuse", json!("again")).await;
+    let body = read_until_count(&mut conn, b"data: again", 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("id: {id}")),
+        "{body:?}"
+    );
+
+    // A dedicated stream connection is close-delimited, with no chunk framing.
+    let mut fresh = raw_get(server.addr, "/events?channel=reuse", "").await;
+    let head = read_until_count(&mut fresh, b"retry: ", 1, WAIT).await;
+    let text = String::from_utf8_lossy(&head);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let id = server.publish("reuse", json!("plain")).await;
+    let body = read_until_count(&mut fresh, b"data: plain\n\n", 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("id: {id}\ndata: plain\n\n")),
+        "{body:?}"
+    );
+
+    // Malformed or oversized heads get a JSON 4xx and a closed connection.
+    for (raw, status) in [
+        (
+            "GET /events?channel=a HTTP/1.1\r\nBad Header\r\n\r\n".to_string(),
+            "400",
+        ),
+        (
+            format!(
+                "GET /events?channel=a HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+                "x".repeat(9000)
+            ),
+            "431",
+        ),
+        (
+            "GET /events?channel=a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_string(),
+            "400",
+        ),
+        (
+            "GET /events?channel=bad%20name HTTP/1.1\r\n\r\n".to_string(),
+            "400",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        s.write_all(raw.as_bytes()).await.expect("send");
+        let (bytes, eof) = read_until_eof(&mut s, WAIT).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(eof, "connection closed");
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        let body = &text[text.find("\r\n\r\n").expect("head end") + 4..];
+        let v: Value = serde_json::from_str(body).expect("JSON error body");
+        assert!(v["error"]["code"].is_string(), "{v}");
+    }
     server.stop().await;
 }

@@ -1,0 +1,291 @@
+//! A lean path for connections whose first request is `GET /events`.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the life
+//! of every connection; for an SSE stream that idles for hours that is most
+//! of its memory. A connection that opens with `GET /events` is therefore
+//! served here instead: the request head is parsed with `httparse` into a
+//! normal `http::Request`, passed through the same router (so every layer —
+//! CORS, auth, limits, metrics, tracing — applies unchanged), and the
+//! response is written straight to the socket. The SSE body is sent
+//! close-delimited (`Connection: close`, no chunk framing), so each batch
+//! is one `write` of the shared `Bytes`, and no buffer outlives the request
+//! head. Every other connection is served by hyper.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Request, header};
+use http_body_util::BodyExt as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+use super::ConnInfo;
+use super::subscribe::CloseReason;
+
+/// Largest request head accepted on this path.
+const MAX_HEAD: usize = 8 * 1024;
+/// Most header lines accepted.
+const MAX_HEADERS: usize = 64;
+/// Largest non-streaming response body written on this path (errors).
+const MAX_PLAIN_BODY: usize = 64 * 1024;
+const PREFIX: &[u8] = b"GET /events";
+
+/// What the first bytes of a connection say.
+pub(crate) enum Opening {
+    /// A `GET /events` request: serve it here.
+    Subscribe,
+    /// Anything else: hand the connection to hyper.
+    Other,
+    /// Nothing arrived in time, or the peer closed.
+    Gone,
+}
+
+/// Peeks at the first bytes without consuming them.
+pub(crate) async fn classify(stream: &TcpStream, timeout: Duration) -> Opening {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; PREFIX.len() + 1];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Opening::Gone,
+            Ok(Ok(n)) => n,
+        };
+        let seen = &buf[..n];
+        if n == buf.len() {
+            let next = buf[PREFIX.len()];
+            return if seen.starts_with(PREFIX) && (next == b'?' || next == b' ') {
+                Opening::Subscribe
+            } else {
+                Opening::Other
+            };
+        }
+        if !PREFIX.starts_with(seen) {
+            return Opening::Other;
+        }
+        // A prefix of `GET /events` arrived in pieces: peek returns at once
+        // while no new data comes, so wait a little before looking again.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves one connection whose first request is `GET /events`.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    app: Router,
+    header_timeout: Duration,
+    write_timeout: Duration,
+) -> io::Result<()> {
+    // The transient phases are boxed so the connection's task keeps only
+    // what streaming needs for the life of the connection.
+    let request = match tokio::time::timeout(header_timeout, Box::pin(read_head(&mut stream))).await
+    {
+        Err(_) => return Ok(()), // slow headers: just close, as hyper does
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Err(status))) => {
+            let (code, message) = status;
+            let body =
+                format!("{{\"error\":{{\"code\":\"bad_request\",\"message\":\"{message}\"}}}}");
+            let head = format!(
+                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await?;
+            return stream.shutdown().await;
+        }
+        Ok(Ok(Ok(req))) => req,
+    };
+    let close = Arc::clone(&info.close);
+    let mut request = request;
+    request.extensions_mut().insert(ConnectInfo(info));
+    let response = match Box::pin(app.oneshot(request)).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let streaming = response.status().is_success()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (parts, body) = response.into_parts();
+    let mut head = String::with_capacity(256);
+    head.push_str("HTTP/1.1 ");
+    head.push_str(parts.status.as_str());
+    head.push(' ');
+    head.push_str(parts.status.canonical_reason().unwrap_or(""));
+    head.push_str("\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(value.to_str().unwrap_or(""));
+        head.push_str("\r\n");
+    }
+    drop(parts);
+    if !streaming {
+        return Box::pin(write_plain(stream, head, body)).await;
+    }
+    head.push_str("connection: close\r\n\r\n");
+    write_with_deadline(&mut stream, head.as_bytes(), write_timeout, &close).await?;
+    drop(head);
+    stream_body(stream, body, write_timeout, &close).await
+}
+
+/// Writes a complete, non-streaming response and closes.
+async fn write_plain(mut stream: TcpStream, mut head: String, body: Body) -> io::Result<()> {
+    {
+        let bytes = http_body_util::Limited::new(body, MAX_PLAIN_BODY)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        head.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            bytes.len()
+        ));
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    }
+}
+
+/// Writes SSE frames as the body yields them, until it ends, the client
+/// leaves, or a write makes no progress within `write_timeout`.
+async fn stream_body(
+    mut stream: TcpStream,
+    mut body: Body,
+    write_timeout: Duration,
+    close: &super::subscribe::CloseCell,
+) -> io::Result<()> {
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        write_with_deadline(&mut stream, &data, write_timeout, close).await?;
+                    }
+                }
+                Some(Err(_)) | None => break,
+            },
+            ready = stream.readable() => {
+                ready?;
+                // The client sends nothing after its request; a readable
+                // socket means it closed (or is pipelining, which we ignore).
+                let mut sink = [0u8; 256];
+                match stream.try_read(&mut sink) {
+                    Ok(0) => {
+                        close.set(CloseReason::Client);
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    stream.shutdown().await
+}
+
+async fn write_with_deadline(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timeout: Duration,
+    close: &super::subscribe::CloseCell,
+) -> io::Result<()> {
+    // The deadline restarts on every partial write: it bounds a stall, not
+    // the time a large batch takes.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match tokio::time::timeout(timeout, stream.write(rest)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                close.set(CloseReason::WriteTimeout);
+                tracing::info!("closing a stream that accepted no bytes within the write timeout");
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+type HeadResult = Result<Request<Body>, (&'static str, &'static str)>;
+
+/// Reads and parses the request head. Inner `Err` is a status line and
+/// message for a malformed request.
+async fn read_head(stream: &mut TcpStream) -> io::Result<HeadResult> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Ok(Err((
+                "431 Request Header Fields Too Large",
+                "the request head is too large",
+            )));
+        }
+        buf.reserve(1024.min(MAX_HEAD - buf.len()));
+        let n = (&mut *stream)
+            .take((MAX_HEAD - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => return Ok(Err(("400 Bad Request", "malformed request head"))),
+            Ok(httparse::Status::Complete(_)) => return Ok(build_request(&parsed)),
+        }
+    }
+}
+
+fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
+    let bad = Err(("400 Bad Request", "malformed request head"));
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return bad;
+    };
+    if method != "GET" {
+        return bad;
+    }
+    let version = match parsed.version {
+        Some(0) => axum::http::Version::HTTP_10,
+        _ => axum::http::Version::HTTP_11,
+    };
+    let mut builder = Request::builder().method("GET").uri(path).version(version);
+    for h in parsed.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        if lower == "content-length" || lower == "transfer-encoding" {
+            let empty = h
+                .value
+                .iter()
+                .all(|b| b.is_ascii_whitespace() || *b == b'0');
+            if !empty {
+                return Err(("400 Bad Request", "GET /events takes no request body"));
+            }
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return bad;
+        };
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Body::empty())
+        .map_err(|_| ("400 Bad Request", "malformed request head"))
+}
