@@ -1,23 +1,52 @@
-//! The edge checks each request passes before it reaches the core:
-//! authentication, channel rights, rate and connection limits.
+//! The edge every API request passes before it reaches the core:
+//! the `authenticate` layer (token from header, cookie or query; client IP
+//! from the socket or a trusted proxy), then, in the handlers, channel
+//! rights and rate and connection limits.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use super::ConnInfo;
 use super::error::ApiError;
-use super::subscribe::SubscribeQuery;
+use super::{AppState, ConnInfo};
+use crate::auth::{AuthError, Authenticator, Claims};
 use crate::config::Config;
+use crate::limits::{LimitKey, Limited, Limits};
+
+/// Who made a request; set by [`authenticate`] for the handlers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The client address (the socket peer, or the client named by a trusted proxy).
+    pub ip: IpAddr,
+    /// Verified claims, or `None` when anonymous.
+    pub claims: Option<Arc<Claims>>,
+}
+
+impl Identity {
+    /// The token subject, if any.
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.as_ref().and_then(|c| c.sub.as_deref())
+    }
+}
 
 /// Authentication and limits, built once from config.
 #[derive(Debug)]
-pub struct Edge {}
+pub struct Edge {
+    auth: Authenticator,
+    limits: Limits,
+}
 
 /// Held for the life of a stream: releases its connection slots on drop.
 #[derive(Debug)]
 pub struct StreamPermit {
     subject: Option<String>,
     expires_at: Option<Instant>,
+    _slots: crate::limits::StreamPermit,
 }
 
 impl StreamPermit {
@@ -31,40 +60,130 @@ impl StreamPermit {
     }
 }
 
-impl Edge {
-    /// Builds the edge from config.
-    pub fn new(_config: &Config) -> Result<Self, String> {
-        Ok(Self {})
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e.status().as_u16() {
+            401 => ApiError::Unauthorized {
+                code: e.code(),
+                message: e.to_string(),
+            },
+            403 => ApiError::Forbidden(e.to_string()),
+            _ => ApiError::Unavailable {
+                code: e.code(),
+                message: e.to_string(),
+            },
+        }
     }
+}
 
-    /// Authenticates and admits a new stream.
-    pub fn admit_subscriber(
-        &self,
-        _conn: &ConnInfo,
-        _headers: &HeaderMap,
-        _query: &SubscribeQuery,
-    ) -> Result<StreamPermit, ApiError> {
-        Ok(StreamPermit {
-            subject: None,
-            expires_at: None,
+impl From<Limited> for ApiError {
+    fn from(l: Limited) -> Self {
+        ApiError::TooManyRequests {
+            limit: l.limit,
+            message: format!("too many requests ({} limit); retry later", l.limit),
+            retry_after: l.retry_after,
+        }
+    }
+}
+
+impl Edge {
+    /// Builds the edge from a validated config.
+    pub fn new(config: &Config) -> Result<Self, String> {
+        Ok(Self {
+            auth: Authenticator::from_config(&config.auth).map_err(|e| format!("auth: {e}"))?,
+            limits: Limits::new(&config.limits).map_err(|e| format!("limits: {e}"))?,
         })
     }
 
     /// The ceiling on concurrent streams, for the limit gauge.
     pub fn max_connections(&self) -> usize {
-        50_000
+        self.limits.max_connections()
     }
 
-    /// Periodic upkeep: evicts idle limiter keys.
-    pub fn housekeeping(&self) {}
+    /// Periodic upkeep: evicts idle limiter keys so their memory stays bounded.
+    pub fn housekeeping(&self) {
+        self.limits.retain_recent();
+    }
 
-    /// Authenticates and rate-limits a publish.
-    pub fn admit_publisher(
+    /// Resolves the client IP and verifies any presented token.
+    fn identify(
         &self,
-        _conn: &ConnInfo,
-        _headers: &HeaderMap,
-        _channel: &str,
-    ) -> Result<(), ApiError> {
+        conn: &ConnInfo,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, ApiError> {
+        let ip = self.limits.client_ip(conn.peer, headers);
+        let query_token = crate::auth::query_token(query);
+        let claims = self.auth.authenticate(headers, query_token.as_deref())?;
+        Ok(Identity {
+            ip,
+            claims: claims.map(Arc::new),
+        })
+    }
+
+    /// Checks subscribe rights for every channel, then the stream limits.
+    pub fn admit_subscriber(
+        &self,
+        who: &Identity,
+        channels: &[String],
+    ) -> Result<StreamPermit, ApiError> {
+        self.auth.may_subscribe(who.claims.as_deref(), channels)?;
+        self.limits.check_new_stream(who.ip)?;
+        let slots = self.limits.acquire_stream(who.ip, who.subject())?;
+        let expires_at = who
+            .claims
+            .as_ref()
+            .and_then(|c| c.expires_in())
+            .map(|left| Instant::now() + left);
+        Ok(StreamPermit {
+            subject: who.subject().map(str::to_owned),
+            expires_at,
+            _slots: slots,
+        })
+    }
+
+    /// Checks the right to read a channel's stats (a subscribe right).
+    pub fn may_read(&self, who: &Identity, channel: &str) -> Result<(), ApiError> {
+        self.auth
+            .may_subscribe(who.claims.as_deref(), &[channel.to_owned()])?;
         Ok(())
+    }
+
+    /// Checks the publish right.
+    pub fn may_publish(&self, who: &Identity, channel: &str) -> Result<(), ApiError> {
+        self.auth.may_publish(who.claims.as_deref(), channel)?;
+        Ok(())
+    }
+
+    /// Checks the publish rate for `events` events (all or nothing).
+    pub fn admit_publish_rate(&self, who: &Identity, events: usize) -> Result<(), ApiError> {
+        let n = u32::try_from(events).unwrap_or(u32::MAX);
+        self.limits
+            .check_publish_n(&LimitKey::new(who.subject(), who.ip), n)?;
+        Ok(())
+    }
+}
+
+/// The authentication layer of the API routes: attaches an [`Identity`] to
+/// the request, or answers 401 for a bad token. Rights are checked by the
+/// handlers, which know the channels.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<ConnInfo>>().cloned() else {
+        return ApiError::Unavailable {
+            code: "internal",
+            message: "connection info missing".into(),
+        }
+        .into_response();
+    };
+    match state.edge.identify(&conn, req.headers(), req.uri().query()) {
+        Ok(identity) => {
+            req.extensions_mut().insert(identity);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     }
 }

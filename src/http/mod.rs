@@ -99,11 +99,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = Duration::from_secs(state.config.http.request_timeout_secs);
     let max_body = state.config.http.max_body_bytes;
     // Non-streaming routes get a deadline; the SSE route must not.
+    let auth = middleware::from_fn_with_state(Arc::clone(&state), edge::authenticate);
     let bounded = Router::new()
         .route(
             "/channels/{*path}",
             get(publish::channel_stats).post(publish::publish_events),
         )
+        .route_layer(auth.clone())
         .route("/healthz", get(health::get_health))
         .route("/readyz", get(health::get_ready))
         .route("/", get(health::get_index))
@@ -115,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(max_body));
     let mut app = Router::new()
         .route("/events", get(subscribe::subscribe_events))
+        .route_layer(auth)
         .merge(bounded);
     if state.config.telemetry.metrics_enabled && state.config.telemetry.admin_listen.is_none() {
         app = app.route("/metrics", get(health::get_metrics));

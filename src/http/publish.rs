@@ -5,17 +5,19 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::AppState;
+use super::edge::Identity;
 use super::error::ApiError;
-use super::{AppState, ConnInfo};
 use crate::hub::NewEvent;
 
 /// One event in a publish request.
@@ -41,7 +43,7 @@ struct BatchBody<'a> {
 /// `.../events/batch` publishes several.
 pub async fn publish_events(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    Extension(who): Extension<Identity>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -62,6 +64,7 @@ pub async fn publish_events(
         ));
     };
     state.hub.validate_channel(channel)?;
+    state.edge.may_publish(&who, channel)?;
     check_json_content_type(&headers)?;
     let events = if batch {
         let parsed: BatchBody = parse_json(&body)?;
@@ -83,7 +86,7 @@ pub async fn publish_events(
     for e in &events {
         state.hub.validate_event(e)?;
     }
-    state.edge.admit_publisher(&conn, &headers, channel)?;
+    state.edge.admit_publish_rate(&who, events.len())?;
     let trace = crate::telemetry::trace::current_span_context();
     let span = tracing::info_span!("publish", channel = %channel, events = events.len());
     let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
@@ -99,9 +102,11 @@ pub async fn publish_events(
 /// `GET /channels/{*channel}`: subscriber count, last id, ring fill.
 pub async fn channel_stats(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Identity>,
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
     state.hub.validate_channel(&channel)?;
+    state.edge.may_read(&who, &channel)?;
     let stats = state
         .hub
         .stats(&channel)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,6 +19,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::edge::Identity;
 use super::error::ApiError;
 use super::{AppState, ConnInfo};
 use crate::hub::{Resume, Subscription};
@@ -136,6 +138,7 @@ impl CloseCell {
 pub async fn subscribe_events(
     State(state): State<Arc<AppState>>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    Extension(who): Extension<Identity>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -150,7 +153,7 @@ pub async fn subscribe_events(
     for channel in &query.channels {
         state.hub.validate_channel(channel)?;
     }
-    let permit = state.edge.admit_subscriber(&conn, &headers, &query)?;
+    let permit = state.edge.admit_subscriber(&who, &query.channels)?;
     let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
