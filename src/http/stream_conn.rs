@@ -12,13 +12,16 @@
 //! head. Every other connection is served by hyper.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request, header};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -136,7 +139,7 @@ pub(crate) async fn serve(
         return Box::pin(write_plain(stream, head, body)).await;
     }
     head.push_str("connection: close\r\n\r\n");
-    write_with_deadline(&mut stream, head.as_bytes(), write_timeout, &close).await?;
+    write_all(&stream, head.as_bytes(), write_timeout, &close).await?;
     drop(head);
     stream_body(stream, body, write_timeout, &close).await
 }
@@ -159,25 +162,38 @@ async fn write_plain(mut stream: TcpStream, mut head: String, body: Body) -> io:
     }
 }
 
+/// What woke a streaming connection.
+enum Wake {
+    Frame(Option<Result<http_body::Frame<axum::body::Bytes>, axum::Error>>),
+    Readable(io::Result<()>),
+}
+
 /// Writes SSE frames as the body yields them, until it ends, the client
 /// leaves, or a write makes no progress within `write_timeout`.
 async fn stream_body(
-    mut stream: TcpStream,
+    stream: TcpStream,
     mut body: Body,
     write_timeout: Duration,
     close: &super::subscribe::CloseCell,
 ) -> io::Result<()> {
     loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        write_with_deadline(&mut stream, &data, write_timeout, close).await?;
-                    }
+        // One hand-written poll per wake: the body first, then whether the
+        // client closed its side. No futures are rebuilt per event.
+        let wake = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Wake::Frame(frame));
+            }
+            stream.poll_read_ready(cx).map(Wake::Readable)
+        })
+        .await;
+        match wake {
+            Wake::Frame(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    write_all(&stream, &data, write_timeout, close).await?;
                 }
-                Some(Err(_)) | None => break,
-            },
-            ready = stream.readable() => {
+            }
+            Wake::Frame(Some(Err(_)) | None) => break,
+            Wake::Readable(ready) => {
                 ready?;
                 // The client sends nothing after its request; a readable
                 // socket means it closed (or is pipelining, which we ignore).
@@ -194,21 +210,38 @@ async fn stream_body(
             }
         }
     }
+    let mut stream = stream;
     stream.shutdown().await
 }
 
-async fn write_with_deadline(
-    stream: &mut TcpStream,
+/// Writes all of `bytes`. The common case, a socket with room, is one
+/// non-blocking `write` with no timer; only a blocked socket arms the
+/// write-progress deadline, which restarts on every partial write.
+async fn write_all(
+    stream: &TcpStream,
     bytes: &[u8],
     timeout: Duration,
     close: &super::subscribe::CloseCell,
 ) -> io::Result<()> {
-    // The deadline restarts on every partial write: it bounds a stall, not
-    // the time a large batch takes.
     let mut rest = bytes;
+    match stream.try_write(rest) {
+        Ok(n) => rest = &rest[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
     while !rest.is_empty() {
-        match tokio::time::timeout(timeout, stream.write(rest)).await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+        let progress = async {
+            loop {
+                stream.writable().await?;
+                match stream.try_write(rest) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, progress).await {
             Ok(Ok(n)) => rest = &rest[n..],
             Ok(Err(e)) => return Err(e),
             Err(_) => {

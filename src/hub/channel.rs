@@ -128,7 +128,18 @@ impl Channel {
             outcome.lost_through = Some(ring.evicted_through);
             from = ring.evicted_through;
         }
-        let start = ring.events.partition_point(|e| e.id.seq <= from);
+        // Live readers sit at or near the head: look back a few events
+        // before falling back to a binary search (replay).
+        let events = &ring.events;
+        let mut start = events.len();
+        let mut steps = 0;
+        while start > 0 && steps < 8 && events[start - 1].id.seq > from {
+            start -= 1;
+            steps += 1;
+        }
+        if start > 0 && events[start - 1].id.seq > from {
+            start = events.partition_point(|e| e.id.seq <= from);
+        }
         let mut bytes = 0;
         let mut last = None;
         for event in ring.events.range(start..) {
