@@ -37,8 +37,6 @@ pub struct SubscribeQuery {
     pub last_event_id: Option<String>,
     /// `envelope=1`: data is wrapped as `{"channel","id","event","data"}`.
     pub envelope: bool,
-    /// `access_token` query parameter (redacted everywhere).
-    pub access_token: Option<String>,
 }
 
 impl SubscribeQuery {
@@ -47,20 +45,17 @@ impl SubscribeQuery {
         let mut q = Self::default();
         for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match &*key {
-                "channel" => {
-                    if !q.channels.iter().any(|c| *c == value) {
-                        if q.channels.len() == max_channels {
-                            return Err(ApiError::bad_request(
-                                "too_many_channels",
-                                format!("at most {max_channels} channels per connection"),
-                            ));
-                        }
-                        q.channels.push(value.into_owned());
+                "channel" if !q.channels.iter().any(|c| *c == value) => {
+                    if q.channels.len() == max_channels {
+                        return Err(ApiError::bad_request(
+                            "too_many_channels",
+                            format!("at most {max_channels} channels per connection"),
+                        ));
                     }
+                    q.channels.push(value.into_owned());
                 }
                 "lastEventId" => q.last_event_id = Some(value.into_owned()),
                 "envelope" => q.envelope = matches!(&*value, "1" | "true" | "yes"),
-                "access_token" => q.access_token = Some(value.into_owned()),
                 _ => {}
             }
         }

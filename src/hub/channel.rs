@@ -173,10 +173,10 @@ impl Channel {
 impl Ring {
     /// Appends an event, evicting the oldest when full.
     pub(crate) fn push(&mut self, event: Arc<Event>) {
-        if self.events.len() == self.capacity {
-            if let Some(old) = self.events.pop_front() {
-                self.evicted_through = old.id.seq;
-            }
+        if self.events.len() == self.capacity
+            && let Some(old) = self.events.pop_front()
+        {
+            self.evicted_through = old.id.seq;
         }
         self.events.push_back(event);
     }

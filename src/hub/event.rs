@@ -82,7 +82,7 @@ impl PendingEvent {
         let len = {
             let mut cursor = &mut line[..];
             // 46 bytes at most, so it always fits the slot.
-            let _ = write!(cursor, "id: {id}\n");
+            let _ = writeln!(cursor, "id: {id}");
             ID_SLOT - cursor.len()
         };
         let mut buf = self.buf;

@@ -33,8 +33,10 @@ impl TestServer {
 
     /// Starts a server after `edit` adjusts the default config.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().expect("valid addr");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("valid addr"),
+            ..Config::default()
+        };
         edit(&mut config);
         config.validate().expect("test config is valid");
         let listener = herald::http::server::bind(config.listen, 1024).expect("bind port 0");
