@@ -76,6 +76,19 @@ if [[ -f scripts/check-dashboards.py ]]; then
   python3 scripts/check-dashboards.py
 fi
 
+# --- Helm chart: lint, render, schema-check (Python packages from PyPI) ----
+# Builds the debug `herald` binary to run `check-config` on the rendered
+# TOML; `cargo test` below reuses it.
+if [[ -f tests/helm/test_chart.py ]]; then
+  if ! python3 -c 'import helm_python, kubernetes_validate' >/dev/null 2>&1; then
+    step "installing Python packages: helm-python-sdk kubernetes-validate"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      helm-python-sdk kubernetes-validate
+  fi
+  step "python3 tests/helm/test_chart.py"
+  python3 tests/helm/test_chart.py
+fi
+
 step "cargo test --all-targets"
 cargo test --all-targets
 

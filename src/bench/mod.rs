@@ -1,15 +1,559 @@
 //! `herald bench`: the load generator users run to size a deployment.
-//! (Being written: see issue 2, item 11.)
+//!
+//! It opens N real SSE subscribers (spread over 127.0.0.x source addresses
+//! and, past one process's fd limit, over child processes), publishes at a
+//! paced rate with a send timestamp in every payload, and reports connections
+//! held, deliveries/s, publish-to-receive latency, loss, duplicates, order,
+//! resets and, given `--server-pid`, the server's RSS per connection and CPU
+//! per delivery. Loopback only.
+//!
+//! - [`sse`]: chunked-body and SSE decoding, the payload format.
+//! - [`accounting`]: loss / duplicate / order bookkeeping.
+//! - [`target`]: the loopback-only URL and socket set-up.
+//! - [`subscriber`]: subscriber tasks and the worker that runs a share of them.
+//! - [`worker`]: running workers in-process or as child processes.
+//! - [`publisher`]: the paced publisher.
+//! - [`server_stats`]: `/proc` sampling of the server.
+//! - [`report`]: merging results and printing them.
+
+pub mod accounting;
+pub mod publisher;
+pub mod report;
+pub mod server_stats;
+pub mod sse;
+pub mod subscriber;
+pub mod target;
+pub mod worker;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::accounting::Expected;
+use self::publisher::{PublishPlan, PublishResult, publish};
+use self::report::{Report, ServerFigures};
+use self::subscriber::{Command, Mode, SubSpec, WorkerMsg, WorkerPlan, WorkerReport, unix_ns};
+use self::target::{Target, source_ip};
 
 /// Command-line options of `herald bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Base URL of the Herald server under test (loopback only).
+    /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8, localhost, [::1]).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// Concurrent SSE subscribers to open.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Channels; subscriber i reads channel i mod C, and events go round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Events per second to publish, all channels together (0: only hold connections).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Measured window, seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes of data per event (it starts with the send timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Warm-up, seconds: published and checked for loss, but not in latency or rates.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Longest wait after publishing for subscribers to catch up, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// fanout: stay connected; reconnect: each subscriber drops and resumes
+    /// every --reconnect-every s; storm: all drop and resume at once.
+    #[arg(long, value_enum, default_value_t = Mode::Fanout)]
+    pub mode: Mode,
+    /// Reconnect mode: seconds between one subscriber's drops (first drop staggered at random).
+    #[arg(long, default_value_t = 3.0)]
+    pub reconnect_every: f64,
+    /// Storm mode: seconds into the measured window at which all subscribers drop
+    /// [default: a quarter of --duration].
+    #[arg(long)]
+    pub storm_at: Option<f64>,
+    /// Spread subscribers over source addresses 127.0.0.2 ..= 127.0.0.(N+1)
+    /// (each has ~28k ephemeral ports); 0 lets the kernel pick 127.0.0.1.
+    #[arg(long, default_value_t = 0)]
+    pub source_ips: usize,
+    /// Subscriber processes; 0 picks ceil(N / --per-process), and 1 runs
+    /// in-process when the fd limit allows.
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// Most subscribers one process holds when --processes is automatic.
+    #[arg(long, default_value_t = 15_000)]
+    pub per_process: usize,
+    /// Concurrent publish connections.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Events per publish request (more than 1 uses the batch endpoint).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Connections opening at once during the initial connect phase.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Time allowed for all subscribers to connect, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub connect_timeout: f64,
+    /// Extra attempts for a subscriber whose first connect fails.
+    #[arg(long, default_value_t = 2)]
+    pub connect_retries: u32,
+    /// PID of the server, to report its RSS per connection and CPU per delivery.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Bearer token sent on subscribe and publish requests.
+    #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Runtime worker threads per process [default: the CPUs this process may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Read buffer per subscriber, bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub read_buf: usize,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run as subscriber worker I (set when the bench re-executes itself).
+    #[arg(long, hide = true)]
+    pub worker_id: Option<usize>,
+    /// Internal: number of subscriber workers.
+    #[arg(long, hide = true)]
+    pub worker_count: Option<usize>,
+    /// Internal: run id shared by the controller and its workers (names the channels).
+    #[arg(long, hide = true)]
+    pub run_id: Option<String>,
 }
 
 /// Runs the benchmark and prints its report.
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herald bench is not built yet")
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    let target = Target::parse(&args.url)?;
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from inside a runtime: the bench needs its own, on its own thread.
+        return std::thread::spawn(move || run_blocking(args, target))
+            .join()
+            .map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
+    }
+    run_blocking(args, target)
+}
+
+fn validate(a: &BenchArgs) -> anyhow::Result<()> {
+    let secs = |name: &str, v: f64, min: f64| -> anyhow::Result<()> {
+        if !v.is_finite() || v < min || v > 86_400.0 {
+            anyhow::bail!("--{name} must be between {min} and 86400 seconds (got {v})");
+        }
+        Ok(())
+    };
+    secs("duration", a.duration, 0.1)?;
+    secs("warmup", a.warmup, 0.0)?;
+    secs("drain", a.drain, 0.0)?;
+    secs("connect-timeout", a.connect_timeout, 0.1)?;
+    secs("reconnect-every", a.reconnect_every, 0.05)?;
+    if let Some(s) = a.storm_at {
+        secs("storm-at", s, 0.0)?;
+        if s >= a.duration {
+            anyhow::bail!("--storm-at must fall inside --duration");
+        }
+    }
+    if !a.rate.is_finite() || a.rate < 0.0 || a.rate > 10_000_000.0 {
+        anyhow::bail!("--rate must be between 0 and 10,000,000 events/s");
+    }
+    if a.subscribers == 0 || a.subscribers > 1_000_000 {
+        anyhow::bail!("--subscribers must be between 1 and 1,000,000");
+    }
+    if a.channels == 0 || a.channels > 100_000 {
+        anyhow::bail!("--channels must be between 1 and 100,000");
+    }
+    if a.batch == 0 || a.batch > 10_000 {
+        anyhow::bail!("--batch must be between 1 and 10,000");
+    }
+    if a.publishers == 0 || a.publishers > 1024 {
+        anyhow::bail!("--publishers must be between 1 and 1024");
+    }
+    if a.source_ips > 65_000 {
+        anyhow::bail!("--source-ips must be at most 65000");
+    }
+    if a.payload > 1 << 20 {
+        anyhow::bail!("--payload must be at most 1 MiB");
+    }
+    if a.read_buf < 512 || a.read_buf > 1 << 20 {
+        anyhow::bail!("--read-buf must be between 512 B and 1 MiB");
+    }
+    if a.per_process == 0 {
+        anyhow::bail!("--per-process must be at least 1");
+    }
+    if a.mode == Mode::Storm && a.rate == 0.0 {
+        anyhow::bail!("storm mode needs --rate > 0 to tell when subscribers are live again");
+    }
+    Ok(())
+}
+
+fn run_blocking(args: BenchArgs, target: Target) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(t) = args.threads {
+        builder.worker_threads(t.max(1));
+    }
+    let rt = builder.build()?;
+    let result = match args.worker_id {
+        Some(id) => {
+            let count = args.worker_count.unwrap_or(1).max(1);
+            let run_id = args
+                .run_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--worker-id needs --run-id"))?;
+            let plan = worker_plan(
+                &args,
+                target,
+                &run_id,
+                id,
+                count,
+                hard_limit(&args) + Duration::from_secs(10),
+            );
+            rt.block_on(worker::serve_as_child(plan));
+            Ok(())
+        }
+        None => rt.block_on(control(args, target)),
+    };
+    // The stdin reader of a child worker sits in a blocking read: do not wait for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The longest the whole run may take, from start to report.
+fn hard_limit(a: &BenchArgs) -> Duration {
+    Duration::from_secs_f64(a.connect_timeout + a.warmup + a.duration + a.drain + 45.0)
+}
+
+/// CPU ticks used so far by the bench's processes (`/proc/PID/stat`).
+fn bench_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| server_stats::sample(*pid).ok())
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+fn channel_names(run_id: &str, count: usize) -> Vec<String> {
+    (0..count).map(|c| format!("bench-{run_id}-{c}")).collect()
+}
+
+fn worker_plan(
+    a: &BenchArgs,
+    target: Target,
+    run_id: &str,
+    id: usize,
+    count: usize,
+    limit: Duration,
+) -> WorkerPlan {
+    let subs = (id..a.subscribers)
+        .step_by(count.max(1))
+        .map(|i| SubSpec {
+            global: i,
+            channel: i % a.channels,
+            source: source_ip(i, a.source_ips),
+        })
+        .collect();
+    WorkerPlan {
+        target,
+        token: a.token.clone(),
+        channels: channel_names(run_id, a.channels),
+        subs,
+        mode: a.mode,
+        reconnect_every: Duration::from_secs_f64(a.reconnect_every),
+        connect_concurrency: a.connect_concurrency,
+        attempt_timeout: Duration::from_secs(10).min(Duration::from_secs_f64(a.connect_timeout)),
+        connect_phase: Duration::from_secs_f64(a.connect_timeout),
+        connect_retries: a.connect_retries,
+        hard_deadline: Instant::now() + limit,
+        read_buf: a.read_buf,
+    }
+}
+
+/// How the subscribers are split over processes.
+struct Layout {
+    processes: usize,
+    in_process: bool,
+}
+
+fn layout(a: &BenchArgs) -> anyhow::Result<Layout> {
+    let (soft, hard) = server_stats::open_file_limits().unwrap_or((1024, 1024));
+    // Room for the runtime, stdio and the publisher's connections.
+    let reserve = 64 + a.publishers as u64;
+    let per_process_cap = (a.per_process as u64)
+        .min(hard.saturating_sub(reserve))
+        .max(1);
+    let processes = if a.processes > 0 {
+        a.processes
+    } else {
+        a.subscribers.div_ceil(per_process_cap as usize)
+    }
+    .min(a.subscribers)
+    .max(1);
+    let share = a.subscribers.div_ceil(processes) as u64;
+    if share + reserve > hard {
+        anyhow::bail!(
+            "{share} subscribers per process exceed the open-file hard limit {hard}: use more --processes"
+        );
+    }
+    let in_process = processes == 1 && a.subscribers as u64 + reserve <= soft;
+    Ok(Layout {
+        processes,
+        in_process,
+    })
+}
+
+/// The controller: starts the workers, publishes, and reports.
+async fn control(args: BenchArgs, target: Target) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let hard_deadline = started + hard_limit(&args);
+    let run_id = format!("{:08x}", fastrand::u32(..));
+    let channels = channel_names(&run_id, args.channels);
+    let lay = layout(&args)?;
+    if args.source_ips == 0 && args.subscribers > 25_000 {
+        eprintln!(
+            "warning: {} subscribers from one source address may exhaust its ~28k ephemeral ports; consider --source-ips",
+            args.subscribers
+        );
+    }
+    let ticks = server_stats::clock_ticks_per_second();
+    let before = match args.server_pid {
+        Some(pid) => Some(server_stats::sample(pid)?),
+        None => None,
+    };
+
+    let (msg_tx, mut msgs) = mpsc::unbounded_channel::<(usize, WorkerMsg)>();
+    let mut workers = Vec::with_capacity(lay.processes);
+    if lay.in_process {
+        let plan = worker_plan(&args, target.clone(), &run_id, 0, 1, hard_limit(&args));
+        workers.push(worker::spawn_local(0, plan, msg_tx.clone()));
+    } else {
+        for id in 0..lay.processes {
+            workers.push(worker::spawn_process(
+                id,
+                lay.processes,
+                &run_id,
+                msg_tx.clone(),
+            )?);
+        }
+    }
+    drop(msg_tx);
+    eprintln!(
+        "bench {run_id}: connecting {} subscribers to {} ({} channel(s), {} {})",
+        args.subscribers,
+        args.url,
+        args.channels,
+        lay.processes,
+        if lay.in_process {
+            "process (in-process)"
+        } else {
+            "worker process(es)"
+        },
+    );
+
+    // Phase 1: every worker connects its share.
+    let mut held = vec![None::<(u64, u64)>; workers.len()];
+    let mut reports: Vec<Option<WorkerReport>> = vec![None; workers.len()];
+    let mut connect_error: Option<String> = None;
+    let connect_deadline =
+        (Instant::now() + Duration::from_secs_f64(args.connect_timeout) + Duration::from_secs(20))
+            .min(hard_deadline);
+    while held.iter().any(Option::is_none) {
+        match tokio::time::timeout_at(connect_deadline, msgs.recv()).await {
+            Ok(Some((
+                id,
+                WorkerMsg::Connected {
+                    held: h,
+                    failed,
+                    error,
+                },
+            ))) => {
+                held[id] = Some((h, failed));
+                connect_error = connect_error.or(error);
+            }
+            Ok(Some((id, WorkerMsg::Report(r)))) => {
+                held[id].get_or_insert((0, r.subscribers));
+                reports[id] = Some(*r);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connections_held: u64 = held.iter().flatten().map(|h| h.0).sum();
+    eprintln!(
+        "held {connections_held}/{} subscribers after {connect_secs:.1} s",
+        args.subscribers
+    );
+    if connections_held == 0 {
+        anyhow::bail!(
+            "no subscriber connected to {}: {}",
+            args.url,
+            connect_error.unwrap_or_else(|| "connect phase timed out".into())
+        );
+    }
+    let connected = match (args.server_pid, before) {
+        (Some(pid), Some(_)) => {
+            // Let the server settle its buffers before reading its RSS.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            server_stats::sample(pid).ok()
+        }
+        _ => None,
+    };
+
+    // Phase 2: publish (and storm) for warm-up + duration.
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_start = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_start + Duration::from_secs_f64(args.duration);
+    for w in &workers {
+        let _ = w.commands.send(Command::Start { unix_ns: unix_ns() });
+    }
+    let cpu_start = args
+        .server_pid
+        .and_then(|pid| server_stats::sample(pid).ok());
+    eprintln!(
+        "publishing {} events/s for {} s (+{} s warm-up), mode {:?}",
+        args.rate, args.duration, args.warmup, args.mode
+    );
+    // The publisher gets its own thread and runtime, so that its pacing does
+    // not queue behind thousands of subscriber tasks when the bench is busy.
+    let publisher = (args.rate > 0.0).then(|| {
+        let plan = PublishPlan {
+            target: target.clone(),
+            token: args.token.clone(),
+            channels: channels.clone(),
+            rate: args.rate,
+            batch: args.batch,
+            payload: args.payload,
+            connections: args.publishers,
+            start,
+            measure_start,
+            end,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("bench-publisher".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(publish(plan)));
+                let _ = tx.send(result);
+            });
+        spawned.map(|_| rx)
+    });
+    let bench_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(workers.iter().filter_map(|w| w.pid()))
+        .collect();
+    let bench_cpu_start = bench_cpu_ticks(&bench_pids);
+    let machine_start = server_stats::machine_busy_ticks();
+    let bench_window_start = Instant::now();
+    let mut storm_unix_ns = None;
+    if args.mode == Mode::Storm {
+        let at = args.storm_at.unwrap_or(args.duration / 4.0);
+        tokio::time::sleep_until(measure_start + Duration::from_secs_f64(at)).await;
+        let t = unix_ns();
+        storm_unix_ns = Some(t);
+        eprintln!("storm: dropping all subscribers");
+        for w in &workers {
+            let _ = w.commands.send(Command::Storm { unix_ns: t });
+        }
+    }
+    tokio::time::sleep_until(end).await;
+    // CPU use in the publishing window: the bench's, and everyone else's
+    // (neither the bench nor the server) as a noise check.
+    let window = bench_window_start.elapsed().as_secs_f64().max(1e-3);
+    let bench_ticks = bench_cpu_ticks(&bench_pids).saturating_sub(bench_cpu_start);
+    let server_ticks = match (args.server_pid, cpu_start) {
+        (Some(pid), Some(a)) => server_stats::sample(pid)
+            .map(|b| b.cpu_ticks.saturating_sub(a.cpu_ticks))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let other_cpu = match (machine_start, server_stats::machine_busy_ticks()) {
+        (Some(a), Some(b)) => Some(
+            b.saturating_sub(a)
+                .saturating_sub(bench_ticks + server_ticks) as f64
+                / ticks as f64
+                / window,
+        ),
+        _ => None,
+    };
+    let bench_cpu = bench_ticks as f64 / ticks as f64 / window;
+    let published = match publisher {
+        Some(Ok(rx)) => match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(e))) => anyhow::bail!("publisher runtime: {e}"),
+            _ => anyhow::bail!("publisher did not finish"),
+        },
+        Some(Err(e)) => anyhow::bail!("cannot start the publisher thread: {e}"),
+        None => PublishResult::default(),
+    };
+
+    // Phase 3: tell workers what to expect, let them drain, collect reports.
+    let expected: Vec<Expected> = (0..args.channels)
+        .map(|c| {
+            published
+                .accepted
+                .get(c)
+                .map(Expected::from_accepted)
+                .unwrap_or_default()
+        })
+        .collect();
+    let drain_started = Instant::now();
+    for w in &workers {
+        let _ = w.commands.send(Command::Finish {
+            expected: expected.clone(),
+            drain_ms: (args.drain * 1000.0) as u64,
+        });
+    }
+    let report_deadline =
+        (Instant::now() + Duration::from_secs_f64(args.drain) + Duration::from_secs(20))
+            .min(hard_deadline);
+    while reports.iter().any(Option::is_none) {
+        match tokio::time::timeout_at(report_deadline, msgs.recv()).await {
+            Ok(Some((id, WorkerMsg::Report(r)))) => reports[id] = Some(*r),
+            Ok(Some((_, WorkerMsg::Connected { .. }))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let drain_secs = drain_started.elapsed().as_secs_f64();
+    let after = args
+        .server_pid
+        .and_then(|pid| server_stats::sample(pid).ok());
+    let missing_reports = reports.iter().filter(|r| r.is_none()).count();
+    let mut subs = WorkerReport::default();
+    for r in reports.iter().flatten() {
+        subs.merge(r);
+    }
+    drop(workers);
+
+    let server = args.server_pid.map(|pid| ServerFigures {
+        pid,
+        before,
+        connected,
+        cpu_start,
+        after,
+        ticks_per_second: ticks,
+    });
+    let bench_cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let report = Report::build(
+        &args,
+        (bench_cpu, bench_cpus, other_cpu),
+        lay.processes,
+        connections_held,
+        connect_secs,
+        drain_secs,
+        missing_reports,
+        &published,
+        &subs,
+        storm_unix_ns.is_some(),
+        server,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }

@@ -180,8 +180,10 @@ pub struct SseEvent<'a> {
 
 /// Incremental `text/event-stream` parser following the WHATWG rules:
 /// lines end in CRLF, LF or CR; `:` starts a comment; an empty line
-/// dispatches the event if any `data:` was seen; the last event id persists
-/// across events (and across reconnects, like `EventSource`).
+/// dispatches the event if any `data:` was seen. As in `EventSource`, an
+/// `id:` line only fills the id buffer; the id to resume from is committed at
+/// the blank line that ends the event, so a connection cut between an event's
+/// `id:` and its end resumes from the previous event, not past the lost one.
 #[derive(Debug)]
 pub struct SseParser {
     line: Vec<u8>,
@@ -189,6 +191,7 @@ pub struct SseParser {
     data: Vec<u8>,
     has_data: bool,
     event: Vec<u8>,
+    id_buf: Vec<u8>,
     last_id: Vec<u8>,
     /// Comment lines seen (heartbeats and the like).
     pub comments: u64,
@@ -213,6 +216,7 @@ impl SseParser {
             data: Vec::new(),
             has_data: false,
             event: Vec::new(),
+            id_buf: Vec::new(),
             last_id: Vec::new(),
             comments: 0,
             max_line: Self::MAX_LINE,
@@ -225,8 +229,9 @@ impl SseParser {
     }
 
     /// Forgets the partial line and event of a dropped connection, keeping
-    /// the last event id.
+    /// the committed last event id.
     pub fn reset_stream(&mut self) {
+        self.id_buf.clone_from(&self.last_id);
         self.line.clear();
         self.pending_cr = false;
         self.data.clear();
@@ -276,6 +281,9 @@ impl SseParser {
 
     fn process_line(&mut self, line: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
         if line.is_empty() {
+            if self.last_id != self.id_buf {
+                self.last_id.clone_from(&self.id_buf);
+            }
             if self.has_data {
                 on_event(SseEvent {
                     id: &self.last_id,
@@ -313,8 +321,8 @@ impl SseParser {
                 self.event.extend_from_slice(value);
             }
             b"id" if !value.contains(&0) => {
-                self.last_id.clear();
-                self.last_id.extend_from_slice(value);
+                self.id_buf.clear();
+                self.id_buf.extend_from_slice(value);
             }
             _ => {}
         }
@@ -517,7 +525,8 @@ mod tests {
 
     #[test]
     fn sse_frames_as_herald_sends_them() {
-        let stream = b"retry: 3000\n\n: hb\n\nid: 7-1\nevent: msg\ndata: a\ndata: b\n\nid: 7-5\ndata: c\n\n";
+        let stream =
+            b"retry: 3000\n\n: hb\n\nid: 7-1\nevent: msg\ndata: a\ndata: b\n\nid: 7-5\ndata: c\n\n";
         let want = vec![
             ("7-1".to_string(), "msg".to_string(), "a\nb".to_string()),
             ("7-5".to_string(), String::new(), "c".to_string()),
@@ -556,15 +565,22 @@ mod tests {
     }
 
     #[test]
-    fn sse_partial_event_dropped_on_reset_but_id_kept() {
+    fn sse_partial_event_dropped_on_reset_and_id_not_committed() {
         let mut p = SseParser::new();
         let mut n = 0;
-        p.feed(b"id: 3-9\ndata: a\n\nid: 3-10\ndata: b", &mut |_| n += 1);
+        p.feed(b"id: 3-9\ndata: a\n\nid: 3-10\ndata: b\n", &mut |_| n += 1);
         assert_eq!(n, 1);
+        assert_eq!(p.last_id(), b"3-9", "3-10 is not complete yet");
         p.reset_stream();
-        p.feed(b"\n\n", &mut |_| n += 1);
-        assert_eq!(n, 1, "the half event of the dropped connection is gone");
-        assert_eq!(p.last_id(), b"3-10");
+        assert_eq!(p.last_id(), b"3-9", "resume before the cut event");
+        p.feed(b"\n\ndata: c\n\n", &mut |e| {
+            n += 1;
+            assert_eq!(e.id, b"3-9", "the uncommitted id died with its connection");
+        });
+        assert_eq!(n, 2, "the half event of the dropped connection is gone");
+        // An id with no data still commits at the blank line.
+        p.feed(b"id: 3-11\n\n", &mut |_| n += 1);
+        assert_eq!((n, p.last_id()), (2, &b"3-11"[..]));
     }
 
     #[test]
@@ -602,7 +618,10 @@ mod tests {
         let (h, _) = parse_head(b"HTTP/1.1 202 Accepted\r\nContent-Length: 12\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!((h.status, h.content_length, h.chunked), (202, Some(12), false));
+        assert_eq!(
+            (h.status, h.content_length, h.chunked),
+            (202, Some(12), false)
+        );
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
     }
 }

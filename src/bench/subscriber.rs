@@ -114,6 +114,8 @@ pub enum WorkerMsg {
         held: u64,
         /// Subscribers that did not (failed or still trying).
         failed: u64,
+        /// The last reason a subscriber gave up, if any did.
+        error: Option<String>,
     },
     /// Final counts.
     Report(Box<WorkerReport>),
@@ -150,8 +152,6 @@ pub struct WorkerReport {
     pub unexpected: u64,
     /// Subscribers that lost at least one event.
     pub subs_with_loss: u64,
-    /// Held subscribers that had not received everything when the drain ended.
-    pub incomplete: u64,
     /// Planned drops (reconnect and storm modes).
     pub reconnects: u64,
     /// Unplanned ends of stream (server closed, error).
@@ -198,7 +198,6 @@ impl WorkerReport {
         self.lost += o.lost;
         self.unexpected += o.unexpected;
         self.subs_with_loss += o.subs_with_loss;
-        self.incomplete += o.incomplete;
         self.reconnects += o.reconnects;
         self.disconnects += o.disconnects;
         self.resumed += o.resumed;
@@ -207,7 +206,8 @@ impl WorkerReport {
         self.comments += o.comments;
         self.aborted += o.aborted;
         self.latency_us.extend_from_slice(&o.latency_us);
-        self.storm_reconnect_ms.extend_from_slice(&o.storm_reconnect_ms);
+        self.storm_reconnect_ms
+            .extend_from_slice(&o.storm_reconnect_ms);
         self.storm_recover_ms.extend_from_slice(&o.storm_recover_ms);
         self.storm_unrecovered += o.storm_unrecovered;
     }
@@ -323,7 +323,7 @@ pub async fn run_worker(
         connect_gate: Semaphore::new(plan.connect_concurrency.max(1)),
     });
     let (ctl_tx, ctl_rx) = watch::channel(Ctl::default());
-    let (first_tx, mut first_rx) = mpsc::unbounded_channel::<bool>();
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let mut tasks = JoinSet::new();
     for spec in plan.subs {
         tasks.spawn(run_subscriber(
@@ -339,12 +339,14 @@ pub async fn run_worker(
     // Initial connect phase: wait for every subscriber's first outcome.
     let phase_end = (Instant::now() + plan.connect_phase).min(hard_deadline);
     let (mut ok, mut decided) = (0u64, 0usize);
+    let mut last_error = None;
     let mut pending = VecDeque::new();
     let mut commands_open = true;
     while decided < n {
         tokio::select! {
             r = first_rx.recv() => match r {
-                Some(held) => { decided += 1; ok += held as u64; }
+                Some(Ok(())) => { decided += 1; ok += 1; }
+                Some(Err(e)) => { decided += 1; last_error = Some(e); }
                 None => break,
             },
             c = commands.recv(), if commands_open => match c {
@@ -357,6 +359,7 @@ pub async fn run_worker(
     let _ = out.send(WorkerMsg::Connected {
         held: ok,
         failed: n as u64 - ok,
+        error: last_error,
     });
 
     // Follow the controller until it says Finish (or goes away).
@@ -477,19 +480,17 @@ fn add_result(
         report.lost += lost;
         report.unexpected += unexpected;
         report.subs_with_loss += (lost > 0) as u64;
-        report.incomplete += (lost > 0) as u64;
     }
     if let Some(storm) = r.storm_at
         && r.held
     {
-        match r.storm_reconnected {
-            Some(t) => {
-                storm_reconnect.saturating_record((t.saturating_sub(storm) / 1_000_000).max(1))
-            }
-            None => {}
+        if let Some(t) = r.storm_reconnected {
+            storm_reconnect.saturating_record((t.saturating_sub(storm) / 1_000_000).max(1));
         }
         match r.storm_recovered {
-            Some(t) => storm_recover.saturating_record((t.saturating_sub(storm) / 1_000_000).max(1)),
+            Some(t) => {
+                storm_recover.saturating_record((t.saturating_sub(storm) / 1_000_000).max(1))
+            }
             None => report.storm_unrecovered += 1,
         }
     }
@@ -516,7 +517,7 @@ async fn run_subscriber(
     spec: SubSpec,
     shared: Arc<Shared>,
     ctl: watch::Receiver<Ctl>,
-    first: mpsc::UnboundedSender<bool>,
+    first: mpsc::UnboundedSender<Result<(), String>>,
 ) -> SubResult {
     let mut sub = Subscriber {
         res: SubResult {
@@ -540,7 +541,7 @@ async fn run_subscriber(
 }
 
 impl Subscriber {
-    async fn run(&mut self, first: mpsc::UnboundedSender<bool>) {
+    async fn run(&mut self, first: mpsc::UnboundedSender<Result<(), String>>) {
         let mut first = Some(first);
         let mut failures: u32 = 0;
         let mut resuming = false;
@@ -550,8 +551,9 @@ impl Subscriber {
             }
             let attempt = {
                 // Only the initial connect phase is gated: a storm is meant to be all at once.
+                let shared = self.shared.clone();
                 let _permit = match first {
-                    Some(_) => self.shared.connect_gate.acquire().await.ok(),
+                    Some(_) => shared.connect_gate.acquire().await.ok(),
                     None => None,
                 };
                 let deadline =
@@ -579,7 +581,7 @@ impl Subscriber {
             failures = 0;
             self.res.held = true;
             if let Some(f) = first.take() {
-                let _ = f.send(true);
+                let _ = f.send(Ok(()));
             }
             if resuming {
                 self.res.resumed += 1;
@@ -599,7 +601,7 @@ impl Subscriber {
             }
         }
         if let Some(f) = first.take() {
-            let _ = f.send(false);
+            let _ = f.send(Err("stopped before connecting".into()));
         }
     }
 
@@ -648,7 +650,11 @@ impl Subscriber {
     }
 
     /// Whether to stop retrying; reports a failed initial connect.
-    fn give_up(&mut self, failures: u32, first: &mut Option<mpsc::UnboundedSender<bool>>) -> bool {
+    fn give_up(
+        &mut self,
+        failures: u32,
+        first: &mut Option<mpsc::UnboundedSender<Result<(), String>>>,
+    ) -> bool {
         let limit = if self.res.held {
             50
         } else {
@@ -656,7 +662,7 @@ impl Subscriber {
         };
         if failures >= limit {
             if let Some(f) = first.take() {
-                let _ = f.send(false);
+                let _ = f.send(Err(self.res.last_error.clone().unwrap_or_default()));
             }
             return true;
         }
@@ -743,6 +749,13 @@ impl Subscriber {
         let mut decoder = chunked.then(ChunkDecoder::default);
         let mut start = head_len;
         let mut n = filled;
+        // Both timers are created once per connection and re-armed, not per read.
+        let hard_stop = tokio::time::sleep_until(self.shared.hard_deadline);
+        tokio::pin!(hard_stop);
+        let far = self.shared.hard_deadline + Duration::from_secs(3600);
+        let mut armed = self.next_drop;
+        let drop_timer = tokio::time::sleep_until(armed.unwrap_or(far));
+        tokio::pin!(drop_timer);
         loop {
             if n > start {
                 match self.process(&mut decoder, start, n) {
@@ -762,7 +775,10 @@ impl Subscriber {
                 }
             }
             start = 0;
-            let drop_at = self.next_drop;
+            if self.next_drop != armed {
+                armed = self.next_drop;
+                drop_timer.as_mut().reset(armed.unwrap_or(far));
+            }
             tokio::select! {
                 r = stream.read(&mut self.buf) => match r {
                     Ok(0) | Err(_) => {
@@ -785,12 +801,12 @@ impl Subscriber {
                         return StreamEnd::Resume;
                     }
                 },
-                _ = sleep_until_opt(drop_at) => {
+                _ = &mut drop_timer, if armed.is_some() => {
                     self.res.reconnects += 1;
                     self.next_drop = Some(Instant::now() + self.shared.reconnect_every);
                     return StreamEnd::Resume;
                 },
-                _ = tokio::time::sleep_until(self.shared.hard_deadline) => return StreamEnd::Done,
+                _ = &mut hard_stop => return StreamEnd::Done,
             }
         }
     }
@@ -811,10 +827,12 @@ impl Subscriber {
             ..
         } = self;
         res.reads += 1;
-        let mut on_event = |ev: super::sse::SseEvent<'_>| on_event(res, latency, now, ev);
+        let mut on_event = |ev: super::sse::SseEvent<'_>| record_event(res, latency, now, ev);
         let ended = match decoder {
             Some(d) => d
-                .feed(&buf[start..end], &mut |chunk| parser.feed(chunk, &mut on_event))
+                .feed(&buf[start..end], &mut |chunk| {
+                    parser.feed(chunk, &mut on_event)
+                })
                 .map_err(|_| ())?,
             None => {
                 parser.feed(&buf[start..end], &mut on_event);
@@ -836,7 +854,12 @@ impl Subscriber {
     }
 }
 
-fn on_event(res: &mut SubResult, latency: &mut Vec<u64>, now: u64, ev: super::sse::SseEvent<'_>) {
+fn record_event(
+    res: &mut SubResult,
+    latency: &mut Vec<u64>,
+    now: u64,
+    ev: super::sse::SseEvent<'_>,
+) {
     if ev.event == b"herald.reset" {
         res.resets += 1;
         return;
@@ -867,9 +890,148 @@ fn on_event(res: &mut SubResult, latency: &mut Vec<u64>, now: u64, ev: super::ss
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake server: every subscriber gets the same chunked stream, split
+    /// awkwardly across chunks, then the connection stays open.
+    async fn fake_server(listener: TcpListener, body: &'static [u8]) {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = s.write_all(head).await;
+                for piece in body.chunks(37) {
+                    let frame = format!("{:x}\r\n", piece.len());
+                    let _ = s.write_all(frame.as_bytes()).await;
+                    let _ = s.write_all(piece).await;
+                    let _ = s.write_all(b"\r\n").await;
+                }
+                // Hold the stream open until the client goes.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn worker_counts_loss_duplicates_order_and_resets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let now = unix_ns();
+        // Index 2 never comes (lost), 1 comes twice (duplicate), 4 comes
+        // with a lower seq than 3 (out of order), and one reset.
+        let body: &'static [u8] = Box::leak(
+            format!(
+                "retry: 1000\n\n: hi\n\n\
+                 id: 9-10\ndata: {now} 0 m x\n\n\
+                 id: 9-11\ndata: {now} 1 m x\n\n\
+                 id: 9-11\ndata: {now} 1 m x\n\n\
+                 id: 9-14\ndata: {now} 3 w x\n\n\
+                 id: 9-13\ndata: {now} 4 m x\n\n\
+                 event: herald.reset\ndata: {{\"reason\":\"test\"}}\n\n\
+                 data: not the bench's\n\n"
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        tokio::spawn(fake_server(listener, body));
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let plan = WorkerPlan {
+            target,
+            token: None,
+            channels: vec!["c".into()],
+            subs: (0..3)
+                .map(|i| SubSpec {
+                    global: i,
+                    channel: 0,
+                    source: None,
+                })
+                .collect(),
+            mode: Mode::Fanout,
+            reconnect_every: Duration::from_secs(3),
+            connect_concurrency: 2,
+            attempt_timeout: Duration::from_secs(5),
+            connect_phase: Duration::from_secs(5),
+            connect_retries: 0,
+            hard_deadline: Instant::now() + Duration::from_secs(20),
+            read_buf: 512,
+        };
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(run_worker(plan, cmd_rx, out_tx));
+        match out_rx.recv().await.unwrap() {
+            WorkerMsg::Connected { held, failed, .. } => assert_eq!((held, failed), (3, 0)),
+            other => panic!("expected Connected, got {other:?}"),
+        }
+        cmd_tx.send(Command::Start { unix_ns: now }).unwrap();
+        // Index 2 never arrives, so the subscribers never complete and the
+        // worker reports at the end of the drain, by which time the rest of
+        // the (tiny, loopback) stream has long arrived.
+        cmd_tx
+            .send(Command::Finish {
+                expected: vec![Expected {
+                    end: 5,
+                    missing: vec![],
+                }],
+                drain_ms: 2000,
+            })
+            .unwrap();
+        let report = match out_rx.recv().await.unwrap() {
+            WorkerMsg::Report(r) => r,
+            other => panic!("expected Report, got {other:?}"),
+        };
+        worker.await.unwrap();
+        assert_eq!(report.subscribers, 3);
+        assert_eq!(report.held, 3);
+        assert_eq!(report.events, 3 * 5);
+        assert_eq!(report.measured, 3 * 4, "index 3 was a warm-up event");
+        assert_eq!(report.lost, 3);
+        assert_eq!(report.subs_with_loss, 3);
+        assert_eq!(report.duplicates, 3);
+        assert_eq!(report.out_of_order, 3);
+        assert_eq!(report.resets, 3);
+        assert_eq!(report.foreign, 3);
+        assert_eq!(report.comments, 3);
+        let latency = histogram_from_pairs(&report.latency_us);
+        assert_eq!(latency.len(), 3 * 4);
+    }
+
+    #[test]
+    fn reports_merge_and_round_trip_as_json() {
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        h.record(2500).unwrap();
+        let a = WorkerReport {
+            subscribers: 2,
+            lost: 1,
+            latency_us: histogram_pairs(&h),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&WorkerMsg::Report(Box::new(a.clone()))).unwrap();
+        let WorkerMsg::Report(b) = serde_json::from_str(&line).unwrap() else {
+            panic!("wrong variant");
+        };
+        let mut total = WorkerReport::default();
+        total.merge(&a);
+        total.merge(&b);
+        assert_eq!((total.subscribers, total.lost), (4, 2));
+        let merged = histogram_from_pairs(&total.latency_us);
+        assert_eq!(merged.len(), 4);
+        assert!(merged.value_at_quantile(1.0) >= 2500);
+        let cmd = serde_json::to_string(&Command::Storm { unix_ns: 5 }).unwrap();
+        assert_eq!(cmd, r#"{"cmd":"storm","unix_ns":5}"#);
     }
 }

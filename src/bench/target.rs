@@ -56,15 +56,20 @@ impl Target {
         let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
-            host.parse()
-                .map_err(|_| anyhow::anyhow!("--url host {host:?} is not loopback (use 127.0.0.1, localhost or [::1])"))?
+            host.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--url host {host:?} is not loopback (use 127.0.0.1, localhost or [::1])"
+                )
+            })?
         };
         let loopback = match ip {
             IpAddr::V4(v4) => v4.is_loopback(),
             IpAddr::V6(v6) => v6 == Ipv6Addr::LOCALHOST,
         };
         if !loopback {
-            anyhow::bail!("--url host {ip} is not loopback: herald bench only targets 127.0.0.0/8, localhost or ::1");
+            anyhow::bail!(
+                "--url host {ip} is not loopback: herald bench only targets 127.0.0.0/8, localhost or ::1"
+            );
         }
         let path = path.split(['?', '#']).next().unwrap_or("");
         Ok(Target {

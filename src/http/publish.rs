@@ -87,8 +87,9 @@ pub async fn publish_events(
         state.hub.validate_event(e)?;
     }
     state.edge.admit_publish_rate(&who, events.len())?;
-    let trace = crate::telemetry::trace::current_span_context();
     let span = tracing::info_span!("publish", channel = %channel, events = events.len());
+    // Taken inside the publish span, so fan-out spans link to it.
+    let trace = span.in_scope(crate::telemetry::trace::current_span_context);
     let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
     tracing::debug!(parent: &span, first = %ids[0], "published");
     let body = if batch {

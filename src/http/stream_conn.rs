@@ -70,7 +70,11 @@ pub(crate) async fn classify(stream: &TcpStream, timeout: Duration) -> Opening {
             return Opening::Other;
         }
         // A prefix of `GET /events` arrived in pieces: peek returns at once
-        // while no new data comes, so wait a little before looking again.
+        // while no new data comes (so the timeout above never fires), hence
+        // the explicit deadline check before waiting a little.
+        if tokio::time::Instant::now() >= deadline {
+            return Opening::Gone;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -5,5 +5,6 @@
 mod common;
 
 mod core;
+mod edge;
 mod otlp;
 mod prometheus;

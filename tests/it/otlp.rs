@@ -93,8 +93,7 @@ fn collector() -> &'static Collector {
     static COLLECTOR: OnceLock<Collector> = OnceLock::new();
     let collector = COLLECTOR.get_or_init(|| {
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the OTLP receiver");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the OTLP receiver");
         listener
             .set_nonblocking(true)
             .expect("nonblocking receiver socket");
@@ -110,8 +109,8 @@ fn collector() -> &'static Collector {
                     .build()
                     .expect("receiver runtime");
                 runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("receiver listener");
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("receiver listener");
                     let app = axum::Router::new()
                         .route("/v1/traces", post(receive_traces))
                         .with_state(state);
@@ -189,7 +188,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect()
 }
 
 fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
@@ -264,9 +265,7 @@ async fn publish_honours_traceparent_and_fanout_links_to_it() {
     let subscribe_trace = random_hex(16);
     let res = server
         .http
-        .get(server.url(&format!(
-            "/events?channel={channel}&access_token={secret}"
-        )))
+        .get(server.url(&format!("/events?channel={channel}&access_token={secret}")))
         .header(
             "traceparent",
             format!("00-{subscribe_trace}-{}-01", random_hex(8)),
@@ -327,8 +326,7 @@ async fn publish_honours_traceparent_and_fanout_links_to_it() {
         parent = hex(&up.parent_span_id);
     }
     assert_eq!(
-        parent,
-        caller_span,
+        parent, caller_span,
         "the publish span descends from the incoming traceparent; chain {chain:?}"
     );
 
@@ -353,10 +351,26 @@ async fn publish_honours_traceparent_and_fanout_links_to_it() {
             if let Some(f) = found {
                 break f;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no fanout span linked to publish span {publish_id} within {SPAN_WAIT:?}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let fanouts: Vec<Received> = collector
+                    .spans
+                    .lock()
+                    .expect("receiver lock is never poisoned")
+                    .iter()
+                    .filter(|r| {
+                        r.span.name == "fanout"
+                            && r.span.links.iter().any(|l| hex(&l.trace_id) == trace_id)
+                    })
+                    .cloned()
+                    .collect();
+                panic!(
+                    "no fanout span linked to publish span {publish_id} within {SPAN_WAIT:?} \
+                     (the context must be taken inside the publish span); \
+                     publish trace: {:#?}; fanout spans linked into it: {:#?}",
+                    summary(&spans),
+                    summary(&fanouts)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
@@ -366,7 +380,11 @@ async fn publish_honours_traceparent_and_fanout_links_to_it() {
         .iter()
         .find(|l| hex(&l.span_id) == publish_id)
         .expect("found by this link");
-    assert_eq!(hex(&link.trace_id), trace_id, "the link names the publish trace");
+    assert_eq!(
+        hex(&link.trace_id),
+        trace_id,
+        "the link names the publish trace"
+    );
     assert_eq!(int_attr(&fanout.span.attributes, "events"), Some(1));
 
     // The subscription span ends with the stream; then check for leaks.
