@@ -10,6 +10,21 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Keys whose env value is a comma-separated list, e.g.
+/// `HERALD_CORS__ALLOWED_ORIGINS=https://a.example,https://b.example`.
+const LIST_KEYS: &[&str] = &[
+    "auth.algorithms",
+    "auth.public_key_files",
+    "auth.anonymous_subscribe",
+    "auth.anonymous_publish",
+    "limits.trusted_proxies",
+    "cors.allowed_origins",
+    "cors.allowed_methods",
+    "cors.allowed_headers",
+    "cors.expose_headers",
+    "telemetry.channel_label_allowlist",
+];
+
 /// Environment variables with the `HERALD_` prefix that are not config keys.
 const NON_KEY_ENV: &[&str] = &["HERALD_CONFIG", "HERALD_JWT_SECRET"];
 
@@ -194,15 +209,21 @@ impl Config {
         }
         let env_keys: HashMap<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("HERALD_") && !NON_KEY_ENV.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                k.starts_with("HERALD_")
+                    && !NON_KEY_ENV.contains(&k.as_str())
+                    && !is_service_link(k)
+            })
             .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("HERALD")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env_keys)),
-        );
+        let mut environment = config::Environment::with_prefix("HERALD")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment.source(Some(env_keys)));
         let mut cfg: Config = builder.build()?.try_deserialize()?;
         cfg.resolve_secrets()?;
         cfg.validate()?;
@@ -273,6 +294,19 @@ impl Config {
     }
 }
 
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
+/// `<SERVICE>_PORT_<n>_TCP...` for every Service in the namespace; a Service
+/// named `herald...` must not be mistaken for config keys.
+fn is_service_link(key: &str) -> bool {
+    let rest = &key["HERALD".len()..];
+    rest.ends_with("_SERVICE_HOST")
+        || rest.contains("_SERVICE_PORT")
+        || rest.ends_with("_PORT")
+        || rest
+            .split_once("_PORT_")
+            .is_some_and(|(_, tail)| tail.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 impl SseConfig {
     /// Heartbeat interval as a duration.
     pub fn heartbeat(&self) -> Duration {
@@ -316,6 +350,41 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.listen.port(), 9999);
         assert_eq!(cfg.hub.ring_size, 77);
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_config() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("HERALD_SERVICE_HOST", "10.0.0.1"),
+                ("HERALD_SERVICE_PORT", "8000"),
+                ("HERALD_SERVICE_PORT_HTTP", "8000"),
+                ("HERALD_PORT", "tcp://10.0.0.1:8000"),
+                ("HERALD_PORT_8000_TCP", "tcp://10.0.0.1:8000"),
+                ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.1"),
+                ("HERALD_API_SERVICE_HOST", "10.0.0.2"),
+                ("HERALD_HUB__RING_SIZE", "9"),
+            ]),
+        )
+        .expect("service links are ignored");
+        assert_eq!(cfg.hub.ring_size, 9);
+    }
+
+    #[test]
+    fn list_keys_split_on_commas() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("HERALD_AUTH__ANONYMOUS_SUBSCRIBE", "public/**,news/*"),
+                ("HERALD_CORS__ALLOWED_ORIGINS", "https://a.example"),
+                ("HERALD_LIMITS__TRUSTED_PROXIES", "10.0.0.0/8,192.168.1.1"),
+            ]),
+        )
+        .expect("valid lists");
+        assert_eq!(cfg.auth.anonymous_subscribe, ["public/**", "news/*"]);
+        assert_eq!(cfg.cors.allowed_origins, ["https://a.example"]);
+        assert_eq!(cfg.limits.trusted_proxies, ["10.0.0.0/8", "192.168.1.1"]);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct AppState {
     pub edge: edge::Edge,
     /// Metric handles used on the fan-out path, resolved once.
     pub sse_metrics: SseMetrics,
+    /// Set once draining starts; read on every stream wake-up.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Metric handles for the per-batch path (no registry lookup per write).
@@ -90,7 +92,19 @@ impl AppState {
             shutdown,
             metrics,
             sse_metrics: SseMetrics::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the server has started draining (cheap: one relaxed load).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the server as draining.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

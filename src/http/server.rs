@@ -136,6 +136,7 @@ pub async fn run(
         }
     }
     drop(listener);
+    state.start_draining();
     tracing::info!(open_connections = tracker.len(), "draining");
     tracker.close();
     let grace = Duration::from_secs(config.shutdown.grace_secs);

@@ -252,6 +252,16 @@ pin_project! {
     }
 }
 
+/// Ends a stream for a drain: a jittered `retry:` hint so that clients do
+/// not all come back at once, then the end of the body.
+fn end_for_shutdown(done: &mut bool, guard: &mut StreamGuard) -> Frame<Bytes> {
+    *done = true;
+    guard.reason = CloseReason::Shutdown;
+    let max = guard.state.config.sse.shutdown_retry_max_ms.max(1000);
+    let retry = fastrand::u64(max / 5..=max);
+    Frame::data(Bytes::from(format!("retry: {retry}\n\n")))
+}
+
 impl http_body::Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -267,18 +277,14 @@ impl http_body::Body for SseBody {
         if let Some(first) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            *this.done = true;
-            this.guard.reason = CloseReason::Shutdown;
-            let max = this.guard.state.config.sse.shutdown_retry_max_ms.max(1000);
-            // Jittered so that clients do not all come back at once.
-            let retry = fastrand::u64(max / 5..=max);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
-                "retry: {retry}\n\n"
-            ))))));
+        // Draining is seen on every wake through one relaxed load; the
+        // shutdown future itself is polled on the idle path below, where it
+        // registers the wake-up.
+        if this.guard.state.is_draining() {
+            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
         }
-        let now = Instant::now();
-        if this.expires_at.is_some_and(|e| e <= now) {
+        // Only streams with an expiring credential read the clock here.
+        if this.expires_at.is_some_and(|e| e <= Instant::now()) {
             *this.done = true;
             this.guard.reason = CloseReason::TokenExpired;
             let retry = this.guard.state.config.sse.retry_ms;
@@ -302,6 +308,9 @@ impl http_body::Body for SseBody {
                 }
             }
             return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
         }
         if this.timer.as_mut().poll(cx).is_ready() {
             if this.expires_at.is_some_and(|e| e <= Instant::now()) {

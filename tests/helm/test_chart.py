@@ -260,8 +260,8 @@ def values_table() -> str:
         default = json.dumps(value, separators=(",", ":"))
         if any(p.startswith(path + ".") for p in paths):
             default = "{...}"  # its keys have rows of their own
-        cell = lambda s: s.replace("|", "\\|")  # noqa: E731
-        lines.append(f"| {path} | {type_name(value)} | `{cell(default)}` | {cell(desc)} |")
+        default, desc = default.replace("|", "\\|"), desc.replace("|", "\\|")
+        lines.append(f"| {path} | {type_name(value)} | `{default}` | {desc} |")
     return "\n".join(lines)
 
 
@@ -515,14 +515,17 @@ class ChartTest(unittest.TestCase):
             if v["name"] == mount["name"]
         ][0]
         self.assertEqual(volume["configMap"]["name"], "herald")
-        self.assertEqual(container(self.full)["env"][1]["name"], "HERALD_LIMITS__PUBLISH_PER_SECOND")
+        extra = container(self.full)["env"][1]
+        self.assertEqual(extra["name"], "HERALD_LIMITS__PUBLISH_PER_SECOND")
 
     # The configuration.
 
     def test_default_config_is_config_production_toml(self) -> None:
         rendered = tomllib.loads(rendered_toml(self.default))
         production = tomllib.loads((ROOT / "config" / "production.toml").read_text())
-        self.assertEqual(rendered, production, "values.yaml config: must mirror config/production.toml")
+        self.assertEqual(
+            rendered, production, "values.yaml config: must mirror config/production.toml"
+        )
         self.assertRegex(rendered_toml(self.default), r"(?m)^\s*production = true$")
         self.assertIsInstance(rendered["hub"]["ring_size"], int, "integers stay integers")
         self.assertIsInstance(rendered["telemetry"]["sampling_ratio"], float)
@@ -539,7 +542,9 @@ class ChartTest(unittest.TestCase):
         ports = {p["name"]: p["containerPort"] for p in container(self.full)["ports"]}
         self.assertEqual(ports, {"http": 8000, "metrics": 9090})
         docs = render({"config": {"listen": "[::]:8080"}})
-        self.assertEqual(container(docs)["ports"], [{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+        self.assertEqual(
+            container(docs)["ports"], [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        )
         self.assertEqual(one(docs, "Service")["spec"]["ports"][0]["targetPort"], "http")
 
     def test_secrets_never_go_into_the_config_map(self) -> None:
@@ -566,7 +571,11 @@ class ChartTest(unittest.TestCase):
             f.write(rendered_toml(render({"config": {"hub": {"ring_siz": 3}}})))
             f.flush()
             proc = subprocess.run(
-                [str(binary), "check-config", f.name], env=env, capture_output=True, text=True, timeout=60
+                [str(binary), "check-config", f.name],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             self.assertNotEqual(proc.returncode, 0)
 
