@@ -46,6 +46,8 @@ pub struct AppState {
     pub edge: edge::Edge,
     /// Metric handles used on the fan-out path, resolved once.
     pub sse_metrics: SseMetrics,
+    /// Channels that may appear as a metric label (operator allowlist).
+    pub channel_labels: std::collections::HashSet<String>,
     /// Set once draining starts; read on every stream wake-up.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -86,6 +88,12 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, String> {
         Ok(Self {
+            channel_labels: config
+                .telemetry
+                .channel_label_allowlist
+                .iter()
+                .cloned()
+                .collect(),
             edge: edge::Edge::new(&config)?,
             hub,
             config,

@@ -92,6 +92,13 @@ pub async fn publish_events(
     let trace = span.in_scope(crate::telemetry::trace::current_span_context);
     let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
     tracing::debug!(parent: &span, first = %ids[0], "published");
+    if state.channel_labels.contains(channel) {
+        metrics::counter!(
+            crate::telemetry::metrics::CHANNEL_EVENTS_PUBLISHED,
+            "channel" => channel.to_owned()
+        )
+        .increment(ids.len() as u64);
+    }
     let body = if batch {
         json!({ "ids": ids.iter().map(ToString::to_string).collect::<Vec<_>>() })
     } else {

@@ -68,9 +68,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let handle = crate::telemetry::metrics::install();
+    // With metrics off no recorder is installed: every `metrics` call is a no-op.
+    let handle = config
+        .telemetry
+        .metrics_enabled
+        .then(crate::telemetry::metrics::install);
     let hub = Hub::new(HubSettings::from_config(&config.hub, &config.sse));
-    let metrics_here = config.telemetry.metrics_enabled.then(|| handle.clone());
+    let metrics_here = handle.clone();
     let state = Arc::new(
         AppState::new(
             Arc::clone(&config),
@@ -231,7 +235,7 @@ async fn serve_http(
 fn spawn_housekeeping(
     tracker: &TaskTracker,
     hub: Hub,
-    handle: metrics_exporter_prometheus::PrometheusHandle,
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) {
@@ -246,7 +250,9 @@ fn spawn_housekeeping(
                 () = shutdown.cancelled() => break,
                 _ = reap.tick() => { hub.reap(); }
                 _ = upkeep.tick() => {
-                    handle.run_upkeep();
+                    if let Some(h) = &handle {
+                        h.run_upkeep();
+                    }
                     state.edge.housekeeping();
                 }
             }

@@ -46,6 +46,8 @@ pub const HTTP_REQUEST_DURATION: &str = "herald_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "herald_build_info";
 /// Channels reaped after idling empty (counter).
 pub const CHANNELS_REAPED: &str = "herald_channels_reaped_total";
+/// Events published to an operator-allowlisted channel, by `channel` (counter).
+pub const CHANNEL_EVENTS_PUBLISHED: &str = "herald_channel_events_published_total";
 /// Publishes refused by the core, by `reason` (counter).
 pub const PUBLISH_ERRORS: &str = "herald_publish_errors_total";
 
@@ -127,4 +129,8 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Build information");
     describe_counter!(CHANNELS_REAPED, "Channels reaped after idling empty");
     describe_counter!(PUBLISH_ERRORS, "Publishes refused by the core, by reason");
+    describe_counter!(
+        CHANNEL_EVENTS_PUBLISHED,
+        "Events published to allowlisted channels, by channel"
+    );
 }

@@ -781,3 +781,45 @@ async fn streams_work_on_a_kept_alive_connection_and_reject_bad_heads() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_names_become_metric_labels_only_when_allowlisted() {
+    let server = ServerProcess::spawn(
+        &[],
+        &[(
+            "HERALD_TELEMETRY__CHANNEL_LABEL_ALLOWLIST",
+            "vip,ops/alerts",
+        )],
+    )
+    .await;
+    let http = client();
+    for channel in ["vip", "secret-room", "ops/alerts", "vip"] {
+        let res = http
+            .post(server.url(&format!("/channels/{channel}/events")))
+            .json(&json!({ "data": "x" }))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(res.status(), 202);
+    }
+    let text = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("herald_channel_events_published_total{channel=\"vip\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("herald_channel_events_published_total{channel=\"ops/alerts\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-room"),
+        "a channel outside the allowlist leaked into metrics"
+    );
+}
