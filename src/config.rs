@@ -133,6 +133,10 @@ pub struct SseConfig {
     pub max_channels_per_connection: usize,
     /// Most bytes a woken subscriber writes in one batch.
     pub max_batch_bytes: usize,
+    /// Coalescing window: a channel wakes its subscribers at most once per
+    /// this many milliseconds, so bursts go out as one write per subscriber.
+    /// 0 (the default) wakes them at every publish, for the lowest latency.
+    pub coalesce_ms: u64,
 }
 
 impl Default for SseConfig {
@@ -144,6 +148,7 @@ impl Default for SseConfig {
             write_timeout_secs: 30,
             max_channels_per_connection: 32,
             max_batch_bytes: 64 * 1024,
+            coalesce_ms: 0,
         }
     }
 }
@@ -268,6 +273,9 @@ impl Config {
         }
         if self.sse.max_channels_per_connection == 0 {
             return bad("sse.max_channels_per_connection must be at least 1");
+        }
+        if self.sse.coalesce_ms > 1000 {
+            return bad("sse.coalesce_ms must be at most 1000");
         }
         if self.sse.max_batch_bytes < 1024 {
             return bad("sse.max_batch_bytes must be at least 1024");

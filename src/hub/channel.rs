@@ -2,7 +2,7 @@
 //! fan-out buffer), a wake-up primitive and a subscriber count.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -26,6 +26,11 @@ pub struct Channel {
     subscribers: AtomicUsize,
     /// Milliseconds since hub start of the last publish or unsubscribe.
     last_active_ms: AtomicU64,
+    /// Milliseconds since hub start of the last wake-up of subscribers
+    /// (coalescing only).
+    last_wake_ms: AtomicU64,
+    /// A deferred wake-up is scheduled (coalescing only).
+    wake_scheduled: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -81,6 +86,8 @@ impl Channel {
             notify: Arc::new(Notify::new()),
             subscribers: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms),
+            last_wake_ms: AtomicU64::new(0),
+            wake_scheduled: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +108,38 @@ impl Channel {
     pub(crate) fn remove_subscriber(&self, now_ms: u64) {
         self.last_active_ms.store(now_ms, Ordering::Relaxed);
         self.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Wakes every subscriber after a publish. With a coalescing window,
+    /// a channel wakes its subscribers at most once per window: the first
+    /// publish after a quiet window wakes them at once, later ones are
+    /// gathered into one deferred wake-up at the end of the window, so each
+    /// subscriber writes them in one batch.
+    pub(crate) fn wake(self: &Arc<Self>, now_ms: u64, window_ms: u64) {
+        if window_ms == 0 {
+            self.notify.notify_waiters();
+            return;
+        }
+        let last = self.last_wake_ms.load(Ordering::Acquire);
+        if now_ms.saturating_sub(last) >= window_ms && !self.wake_scheduled.load(Ordering::Acquire)
+        {
+            self.last_wake_ms.store(now_ms, Ordering::Release);
+            self.notify.notify_waiters();
+            return;
+        }
+        if self.wake_scheduled.swap(true, Ordering::AcqRel) {
+            return; // the deferred wake-up will carry this event too
+        }
+        let channel = Arc::clone(self);
+        let delay = (last + window_ms).saturating_sub(now_ms).max(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            channel
+                .last_wake_ms
+                .store(last + window_ms, Ordering::Release);
+            channel.wake_scheduled.store(false, Ordering::Release);
+            channel.notify.notify_waiters();
+        });
     }
 
     pub(crate) fn touch(&self, now_ms: u64) {

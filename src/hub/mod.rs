@@ -80,6 +80,9 @@ pub struct HubSettings {
     pub max_tombstones: usize,
     /// Largest batch handed to one subscriber at once.
     pub max_batch_bytes: usize,
+    /// Wake a channel's subscribers at most once per this many ms (0: at
+    /// every publish).
+    pub coalesce_ms: u64,
 }
 
 impl HubSettings {
@@ -94,6 +97,7 @@ impl HubSettings {
             max_event_type_len: hub.max_event_type_len,
             max_tombstones: hub.max_tombstones,
             max_batch_bytes: sse.max_batch_bytes,
+            coalesce_ms: sse.coalesce_ms,
         }
     }
 }
@@ -335,8 +339,9 @@ impl Hub {
             inner.committed.store(*seq, Ordering::Release);
             break;
         }
-        ch.touch(inner.now_ms());
-        ch.notify.notify_waiters();
+        let now = inner.now_ms();
+        ch.touch(now);
+        ch.wake(now, inner.settings.coalesce_ms);
         metrics::counter!(m::EVENTS_PUBLISHED).increment(count as u64);
         Ok(ids)
     }

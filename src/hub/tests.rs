@@ -14,6 +14,7 @@ fn settings(ring: usize) -> HubSettings {
         max_event_type_len: 32,
         max_tombstones: 10,
         max_batch_bytes: 64 * 1024,
+        coalesce_ms: 0,
     }
 }
 

@@ -823,3 +823,26 @@ async fn channel_names_become_metric_labels_only_when_allowlisted() {
         "a channel outside the allowlist leaked into metrics"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_window_batches_bursts_without_loss_or_reorder() {
+    let server = TestServer::start_with(|c| c.sse.coalesce_ms = 150).await;
+    let mut subs = Vec::new();
+    for _ in 0..5 {
+        subs.push(server.subscribe("channel=burst&channel=other", None).await);
+    }
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let ch = if i % 3 == 0 { "other" } else { "burst" };
+        ids.push(server.publish(ch, json!(i.to_string())).await);
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for sub in &mut subs {
+        let got = sub.take(30).await;
+        assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+        sub.assert_quiet(Duration::from_millis(300)).await;
+    }
+    server.stop().await;
+}
