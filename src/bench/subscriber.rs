@@ -756,6 +756,9 @@ impl Subscriber {
         let mut armed = self.next_drop;
         let drop_timer = tokio::time::sleep_until(armed.unwrap_or(far));
         tokio::pin!(drop_timer);
+        // A control-change future kept across reads: making one per read
+        // would register and unregister a waiter every time.
+        let mut control = Box::pin(control_changed(self.ctl.clone()));
         loop {
             if n > start {
                 match self.process(&mut decoder, start, n) {
@@ -787,11 +790,12 @@ impl Subscriber {
                     }
                     Ok(k) => n = k,
                 },
-                changed = self.ctl.changed() => {
+                (alive, watcher) = &mut control => {
                     n = 0;
-                    if changed.is_err() {
+                    if !alive {
                         return StreamEnd::Done;
                     }
+                    control.set(control_changed(watcher));
                     let storm_before = self.storm_seen;
                     if self.sync_ctl() || self.complete() {
                         return StreamEnd::Done;
@@ -888,6 +892,13 @@ fn record_event(
     {
         res.storm_recovered = Some(now);
     }
+}
+
+/// Resolves when the worker's control state changes (false: the worker is
+/// gone), handing the receiver back for the next wait.
+async fn control_changed(mut rx: watch::Receiver<Ctl>) -> (bool, watch::Receiver<Ctl>) {
+    let alive = rx.changed().await.is_ok();
+    (alive, rx)
 }
 
 #[cfg(test)]
