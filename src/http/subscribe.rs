@@ -237,7 +237,6 @@ impl Drop for StreamGuard {
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         tracing::debug!(parent: &self.span, reason = reason.as_str(), "stream closed");
-        let _ = &self.state;
     }
 }
 

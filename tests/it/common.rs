@@ -60,6 +60,17 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `path` and parses the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let res = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET request");
+        res.json().await.expect("JSON body")
+    }
+
     /// Publishes `data` and returns the id.
     pub async fn publish(&self, channel: &str, data: Value) -> String {
         self.publish_event(channel, serde_json::json!({ "data": data }))

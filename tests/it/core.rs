@@ -596,25 +596,9 @@ async fn sigterm_ends_streams_and_exits_within_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_not_found_are_json() {
     let server = TestServer::start().await;
-    let health: Value = server
-        .http
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = server.get_json("/healthz").await;
     assert_eq!(health["status"], "ok");
-    let ready: Value = server
-        .http
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = server.get_json("/readyz").await;
     assert_eq!(ready["status"], "ready");
     let res = server.http.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(res.status(), 404);

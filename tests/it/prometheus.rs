@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::common::{TestServer, WAIT};
+use crate::common::{TestServer, WAIT, metric};
 
 /// Bound on every wait for Prometheus: start-up, first scrape, and data.
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
@@ -250,19 +250,7 @@ async fn open_stalled_stream(addr: SocketAddr, channel: &str) -> TcpStream {
 /// Renders `/metrics` and returns the value of the first sample whose line
 /// starts with `series`.
 async fn scraped(server: &TestServer, series: &str) -> Option<f64> {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    metric(&server.http, &server.url(""), series).await
 }
 
 /// Drives a publish on a second, draining server into a real 503: the
