@@ -56,6 +56,8 @@ EXPORTED = {
     "herald_build_info",
     "herald_channels_reaped_total",
     "herald_publish_errors_total",
+    "herald_channel_events_published_total",
+    "herald_jwks_refreshes_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",

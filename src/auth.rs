@@ -14,6 +14,16 @@
 //!   The classic HS/RS confusion (an `HS256` token whose secret is the RSA
 //!   public key) therefore fails.
 //!
+//! With [`AuthConfig::jwks_url`] set, asymmetric keys also come from a JWKS
+//! (see [`crate::jwks`] for fetching and refreshing). An asymmetric token
+//! whose header names a `kid` found in the set is verified with that key
+//! only. A `kid` not in the set is tried against the static PEM keys; if
+//! none verifies it, the answer is `401 unknown_key`, and the request may
+//! trigger a rate-limited refresh of the set first
+//! ([`Authenticator::authenticate_with_refresh`]). A token without a `kid`
+//! uses the static PEM keys, as without a JWKS. `HS*` tokens never use JWKS
+//! keys, whatever their `kid`.
+//!
 //! `exp` is required and checked; `nbf` is checked when present; `aud` and
 //! `iss` are required and checked when configured. All time checks allow
 //! [`AuthConfig::leeway_secs`] of clock skew.
@@ -68,6 +78,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -75,6 +86,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::jwks::JwksCache;
 use crate::telemetry::metrics::AUTH_FAILURES;
 
 /// The HMAC secret shipped in `config/development.toml`. It is public, so a
@@ -138,6 +150,10 @@ pub enum AuthError {
     /// A right is needed and no token was presented.
     #[error("a token is required")]
     MissingToken,
+    /// The token names a `kid` that is not in the JWKS (yet); retrying after
+    /// the key set is refreshed may succeed.
+    #[error("the token's signing key (kid) is not known")]
+    UnknownKey,
     /// The token is valid but does not grant this right.
     #[error("the token does not grant {action} on channel {channel}")]
     Forbidden {
@@ -162,6 +178,7 @@ impl AuthError {
             AuthError::BadIssuer => "bad_issuer",
             AuthError::Malformed => "malformed",
             AuthError::MissingToken => "missing_token",
+            AuthError::UnknownKey => "unknown_key",
             AuthError::Forbidden { .. } => "forbidden",
         }
     }
@@ -250,6 +267,17 @@ pub struct AuthConfig {
     /// Channel patterns anyone may publish to without a token (development
     /// only; refused when `production` is set).
     pub anonymous_publish: Vec<String>,
+    /// An `http` or `https` URL of a JWKS with more public keys for the
+    /// asymmetric algorithms (see [`crate::jwks`]). Needs an asymmetric
+    /// algorithm in `algorithms`.
+    pub jwks_url: Option<String>,
+    /// Seconds between periodic JWKS fetches.
+    pub jwks_refresh_secs: u64,
+    /// Least seconds between two JWKS fetches of any kind, including those
+    /// triggered by an unknown `kid`.
+    pub jwks_min_refresh_interval_secs: u64,
+    /// Seconds one JWKS fetch may take.
+    pub jwks_timeout_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -268,6 +296,10 @@ impl Default for AuthConfig {
             query_param_enabled: true,
             anonymous_subscribe: Vec::new(),
             anonymous_publish: Vec::new(),
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_interval_secs: 30,
+            jwks_timeout_secs: 5,
         }
     }
 }
@@ -346,6 +378,7 @@ impl AuthConfig {
                 return bad(format!("{key}: {p:?} is not a valid channel pattern"));
             }
         }
+        crate::jwks::validate(self, &pinned)?;
         if self.production {
             if !self.enabled {
                 return bad("production requires enabled = true".to_string());
@@ -478,6 +511,7 @@ pub struct Authenticator {
     enabled: bool,
     pinned: Vec<Algorithm>,
     families: Vec<FamilyKeys>,
+    jwks: Option<Arc<JwksCache>>,
     cookie_name: String,
     query_param_enabled: bool,
     anonymous_subscribe: Vec<String>,
@@ -490,7 +524,9 @@ impl Authenticator {
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthError> {
         let pinned = parse_algorithms(&cfg.algorithms)?;
         let mut families: Vec<FamilyKeys> = Vec::new();
+        let mut jwks = None;
         if cfg.enabled {
+            jwks = JwksCache::from_config(cfg, &pinned)?;
             for alg in &pinned {
                 let family = alg.family();
                 if let Some(f) = families.iter_mut().find(|f| f.family == family) {
@@ -509,6 +545,7 @@ impl Authenticator {
             enabled: cfg.enabled,
             pinned,
             families,
+            jwks,
             cookie_name: cfg.cookie_name.clone(),
             query_param_enabled: cfg.query_param_enabled,
             anonymous_subscribe: cfg.anonymous_subscribe.clone(),
@@ -521,29 +558,66 @@ impl Authenticator {
         self.enabled
     }
 
+    /// The JWKS key cache, when auth is enabled and `jwks_url` is set; the
+    /// server fetches it at start and runs its refresher.
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        self.jwks.as_ref()
+    }
+
     /// Finds and verifies the request's token. `query_token` is the value of
     /// the `access_token` query parameter, if the request had one; it is
     /// ignored when the query source is disabled in config.
     ///
     /// `Ok(None)` means anonymous: no token was presented, or auth is
     /// disabled. Failures are counted in `herald_auth_failures_total`.
+    ///
+    /// This never touches the network: a `kid` missing from the JWKS is
+    /// `unknown_key` at once. The server uses
+    /// [`authenticate_with_refresh`](Self::authenticate_with_refresh).
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Option<Claims>, AuthError> {
+        let Some(token) = self.presented_token(headers, query_token)? else {
+            return Ok(None);
+        };
+        self.verify(token).map(Some).inspect_err(AuthError::record)
+    }
+
+    /// [`authenticate`](Self::authenticate), except that a token whose `kid`
+    /// is not in the JWKS makes this request refresh the set and verify
+    /// again, when the refresh rate limit allows one now (the fetch timeout
+    /// bounds the wait). Otherwise it fails with `unknown_key` at once.
+    pub async fn authenticate_with_refresh(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Option<Claims>, AuthError> {
+        let Some(token) = self.presented_token(headers, query_token)? else {
+            return Ok(None);
+        };
+        let mut verified = self.verify(token);
+        if verified == Err(AuthError::UnknownKey)
+            && let Some(jwks) = &self.jwks
+            && jwks.refresh_for_unknown_kid().await
+        {
+            verified = self.verify(token);
+        }
+        verified.map(Some).inspect_err(AuthError::record)
+    }
+
+    /// The token to verify, or `None` when anonymous (or auth is disabled).
+    fn presented_token<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query_token: Option<&'a str>,
+    ) -> Result<Option<&'a str>, AuthError> {
         if !self.enabled {
             return Ok(None);
         }
-        let token = match self.find_token(headers, query_token) {
-            Ok(Some(token)) => token,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                e.record();
-                return Err(e);
-            }
-        };
-        self.verify(token).map(Some).inspect_err(AuthError::record)
+        self.find_token(headers, query_token)
+            .inspect_err(AuthError::record)
     }
 
     /// Picks the token from the first source present.
@@ -596,6 +670,8 @@ impl Authenticator {
         #[derive(Deserialize)]
         struct RawHeader {
             alg: String,
+            #[serde(default)]
+            kid: Option<String>,
         }
         let header_json = b64url_decode(header_b64).ok_or(AuthError::Malformed)?;
         let raw: RawHeader =
@@ -612,6 +688,28 @@ impl Authenticator {
             .iter()
             .find(|f| f.family == alg.family())
             .ok_or(AuthError::AlgNotAllowed)?;
+        if let (Some(kid), Some(jwks)) = (&raw.kid, &self.jwks)
+            && family.family != AlgorithmFamily::Hmac
+        {
+            let keys = jwks.snapshot();
+            if let Some(found) = keys.get(kid) {
+                // The named key, and only it: no falling back to other keys.
+                let key = found.for_alg(alg).ok_or(AuthError::BadSignature)?;
+                return jsonwebtoken::decode::<Claims>(token, key, &family.validation)
+                    .map(|data| data.claims)
+                    .map_err(|e| map_jwt_error(e.kind()));
+            }
+            // Not in the set: a static PEM key may still have signed it.
+            return match Self::verify_with(token, family) {
+                Err(AuthError::BadSignature) => Err(AuthError::UnknownKey),
+                other => other,
+            };
+        }
+        Self::verify_with(token, family)
+    }
+
+    /// Tries each of the family's static keys in turn.
+    fn verify_with(token: &str, family: &FamilyKeys) -> Result<Claims, AuthError> {
         let mut last = AuthError::BadSignature;
         for key in &family.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &family.validation) {
@@ -748,9 +846,9 @@ fn load_keys(cfg: &AuthConfig, families: &mut [FamilyKeys]) -> Result<(), AuthEr
                     )));
                 }
             }
-        } else if family.keys.is_empty() {
+        } else if family.keys.is_empty() && cfg.jwks_url.is_none() {
             return Err(AuthError::Config(format!(
-                "{:?} is pinned but no matching key is in auth.public_key_files",
+                "{:?} is pinned but no matching key is in auth.public_key_files (or set auth.jwks_url)",
                 family.validation.algorithms
             )));
         }
@@ -1544,6 +1642,7 @@ mod tests {
             (AuthError::BadIssuer, "bad_issuer", 401),
             (AuthError::Malformed, "malformed", 401),
             (AuthError::MissingToken, "missing_token", 401),
+            (AuthError::UnknownKey, "unknown_key", 401),
             (
                 AuthError::Forbidden {
                     action: "publish",
@@ -1559,6 +1658,104 @@ mod tests {
             assert_eq!(err.reason(), code);
             assert_eq!(err.status().as_u16(), status, "{code}");
         }
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        const OTHER_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/keys/rsa-other-private.pem");
+        let cfg = AuthConfig {
+            algorithms: vec!["HS256".into(), "RS256".into(), "ES256".into()],
+            public_key_files: vec![fixture("rsa-other-public.pem")],
+            jwks_url: Some("http://127.0.0.1:9/jwks.json".into()),
+            ..hs_config()
+        };
+        assert!(cfg.validate().is_ok());
+        let auth = authenticator(&cfg);
+        auth.jwks()
+            .expect("configured")
+            .load_for_test(include_str!("../tests/fixtures/jwks/initial.json"));
+        let with_kid = |alg: Algorithm, kid: &str, key: &EncodingKey| {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.to_string());
+            jsonwebtoken::encode(&header, &valid_claims(), key).expect("signs")
+        };
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("rsa");
+        let other = EncodingKey::from_rsa_pem(OTHER_PRIVATE).expect("rsa");
+        let ec = EncodingKey::from_ec_pem(EC_PRIVATE).expect("ec");
+
+        // A kid in the set verifies with that key, and only with it.
+        assert!(
+            auth.verify(&with_kid(Algorithm::RS256, "rsa-1", &rsa))
+                .is_ok()
+        );
+        assert!(
+            auth.verify(&with_kid(Algorithm::ES256, "ec-1", &ec))
+                .is_ok()
+        );
+        assert_eq!(
+            auth.verify(&with_kid(Algorithm::RS256, "rsa-1", &other)),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            auth.verify(&with_kid(Algorithm::ES256, "rsa-1", &ec)),
+            Err(AuthError::BadSignature)
+        );
+        // An unknown kid: the static PEM key may still verify it...
+        assert!(
+            auth.verify(&with_kid(Algorithm::RS256, "nope", &other))
+                .is_ok()
+        );
+        // ...otherwise it is unknown_key.
+        assert_eq!(
+            auth.verify(&with_kid(Algorithm::RS256, "nope", &rsa)),
+            Err(AuthError::UnknownKey)
+        );
+        // No kid: the static keys only, as without a JWKS.
+        let rs = |key: &EncodingKey| sign(Algorithm::RS256, key, &valid_claims());
+        assert!(auth.verify(&rs(&other)).is_ok());
+        assert_eq!(auth.verify(&rs(&rsa)), Err(AuthError::BadSignature));
+        // HS never uses JWKS keys: the skipped `oct` key's secret is useless,
+        // and a kid on an HS token changes nothing.
+        let trap = EncodingKey::from_secret(b"herald-jwks-hmac-trap");
+        assert_eq!(
+            auth.verify(&with_kid(Algorithm::HS256, "hs-trap", &trap)),
+            Err(AuthError::BadSignature)
+        );
+        let secret = EncodingKey::from_secret(SECRET.as_bytes());
+        assert!(
+            auth.verify(&with_kid(Algorithm::HS256, "rsa-1", &secret))
+                .is_ok()
+        );
+        // Claims are still checked with a JWKS key.
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let expired =
+            jsonwebtoken::encode(&header, &json!({"sub": "a", "exp": now() - 3600}), &rsa)
+                .expect("signs");
+        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn jwks_only_config_needs_no_pem_and_an_asymmetric_alg() {
+        let jwks_only = AuthConfig {
+            enabled: true,
+            algorithms: vec!["RS256".into()],
+            jwks_url: Some("https://idp.example/jwks.json".into()),
+            ..AuthConfig::default()
+        };
+        assert!(jwks_only.validate().is_ok());
+        let hs_only = AuthConfig {
+            jwks_url: Some("https://idp.example/jwks.json".into()),
+            ..hs_config()
+        };
+        assert!(hs_only.validate().is_err());
+        // Before any fetch, every kid is unknown.
+        let auth = authenticator(&jwks_only);
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("rsa");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let token = jsonwebtoken::encode(&header, &valid_claims(), &rsa).expect("signs");
+        assert_eq!(auth.verify(&token), Err(AuthError::UnknownKey));
     }
 
     #[test]

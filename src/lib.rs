@@ -9,16 +9,18 @@
 //! - [`http`]: router assembly, the SSE subscribe stream, publish, health, errors,
 //!   and the connection loop that serves them.
 //! - [`auth`]: JWT verification and channel-pattern rights.
+//! - [`jwks`]: verification keys fetched from a JWKS URL, cached and refreshed.
 //! - [`limits`]: rate and connection limits.
 //! - [`telemetry`]: metric names, the Prometheus recorder, logs and traces.
 //! - [`shutdown`]: the drain signal shared by the listener and every stream.
-//! - [`bench`]: `herald bench`, the load generator.
+//! - [`bench`](mod@bench): `herald bench`, the load generator.
 
 pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod limits;
 pub mod shutdown;
 pub mod telemetry;

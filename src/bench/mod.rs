@@ -39,7 +39,7 @@ use self::target::{Target, source_ip};
 /// Command-line options of `herald bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8, localhost, [::1]).
+    /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8, localhost, `[::1]`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
     /// Concurrent SSE subscribers to open.

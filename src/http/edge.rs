@@ -100,13 +100,19 @@ impl Edge {
         self.limits.max_connections()
     }
 
+    /// The JWKS key cache, when `auth.jwks_url` is set.
+    pub fn jwks(&self) -> Option<Arc<crate::jwks::JwksCache>> {
+        self.auth.jwks().cloned()
+    }
+
     /// Periodic upkeep: evicts idle limiter keys so their memory stays bounded.
     pub fn housekeeping(&self) {
         self.limits.retain_recent();
     }
 
-    /// Resolves the client IP and verifies any presented token.
-    fn identify(
+    /// Resolves the client IP and verifies any presented token (a token with
+    /// an unknown JWKS `kid` may wait for one rate-limited key refresh).
+    async fn identify(
         &self,
         conn: &ConnInfo,
         headers: &HeaderMap,
@@ -114,7 +120,10 @@ impl Edge {
     ) -> Result<Identity, ApiError> {
         let ip = self.limits.client_ip(conn.peer, headers);
         let query_token = crate::auth::query_token(query);
-        let claims = self.auth.authenticate(headers, query_token.as_deref())?;
+        let claims = self
+            .auth
+            .authenticate_with_refresh(headers, query_token.as_deref())
+            .await?;
         Ok(Identity {
             ip,
             claims: claims.map(Arc::new),
@@ -179,7 +188,11 @@ pub async fn authenticate(
         }
         .into_response();
     };
-    match state.edge.identify(&conn, req.headers(), req.uri().query()) {
+    match state
+        .edge
+        .identify(&conn, req.headers(), req.uri().query())
+        .await
+    {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await

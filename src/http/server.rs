@@ -109,6 +109,15 @@ pub async fn run(
         });
     }
     spawn_housekeeping(&tracker, hub, handle, Arc::clone(&state), shutdown.clone());
+    if let Some(jwks) = state.edge.jwks() {
+        // Fetched before accepting, bounded by the fetch timeout; a failure
+        // is logged and the server starts anyway.
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = jwks.startup() => {}
+        }
+        tracker.spawn(jwks.run(shutdown.clone()));
+    }
 
     tracing::info!(
         addr = %addr,

@@ -50,6 +50,8 @@ pub const CHANNELS_REAPED: &str = "herald_channels_reaped_total";
 pub const CHANNEL_EVENTS_PUBLISHED: &str = "herald_channel_events_published_total";
 /// Publishes refused by the core, by `reason` (counter).
 pub const PUBLISH_ERRORS: &str = "herald_publish_errors_total";
+/// JWKS fetches, by `result` = `ok` | `error` (counter).
+pub const JWKS_REFRESHES: &str = "herald_jwks_refreshes_total";
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -133,4 +135,5 @@ fn describe() {
         CHANNEL_EVENTS_PUBLISHED,
         "Events published to allowlisted channels, by channel"
     );
+    describe_counter!(JWKS_REFRESHES, "JWKS fetches, by result");
 }

@@ -6,5 +6,6 @@ mod common;
 
 mod core;
 mod edge;
+mod jwks;
 mod otlp;
 mod prometheus;
