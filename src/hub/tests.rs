@@ -272,3 +272,58 @@ fn concurrent_publishers_give_every_subscriber_one_total_order() {
         assert_eq!(drain(sub), first);
     }
 }
+
+#[test]
+fn fan_out_allocates_nothing_per_subscriber_per_event() {
+    let hub = Hub::with_epoch(settings(1024), 5);
+    let mut subs: Vec<Subscription> = (0..100)
+        .map(|_| {
+            hub.subscribe(&names(&["a"]), Resume::Live, false)
+                .expect("subscribe")
+        })
+        .collect();
+    // Warm up once, so every subscription has armed its wake-up and sized
+    // its scratch space.
+    publish(&hub, "a", "warm-up");
+    for sub in &mut subs {
+        assert!(!drain(sub).is_empty());
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    // One event: every subscriber shares the event's frame (a refcount).
+    publish(&hub, "a", "one");
+    let single = allocation_counter::measure(|| {
+        for sub in &mut subs {
+            let Poll::Ready(batch) = sub.poll_batch(&mut cx) else {
+                panic!("event pending")
+            };
+            assert_eq!(batch.events, 1);
+            assert!(sub.poll_batch(&mut cx).is_pending());
+        }
+    });
+    assert_eq!(
+        single.count_total, 0,
+        "allocations while fanning out one event: {single:?}"
+    );
+    // Ten events: one buffer per subscriber per batch, none per event (the
+    // first burst sizes each subscription's reusable scratch list).
+    for round in 0..2 {
+        for i in 0..10 {
+            publish(&hub, "a", &i.to_string());
+        }
+        let burst = allocation_counter::measure(|| {
+            for sub in &mut subs {
+                let Poll::Ready(batch) = sub.poll_batch(&mut cx) else {
+                    panic!("events pending")
+                };
+                assert_eq!(batch.events, 10);
+            }
+        });
+        if round == 1 {
+            assert_eq!(
+                burst.count_total,
+                subs.len() as u64,
+                "one allocation per batch: {burst:?}"
+            );
+        }
+    }
+}
