@@ -10,6 +10,7 @@ pub mod publish;
 pub mod server;
 mod stream_conn;
 pub mod subscribe;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

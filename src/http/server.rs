@@ -4,9 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,16 +12,14 @@ use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::stream_conn::{self, Opening};
-use super::subscribe::{CloseCell, CloseReason};
+use super::subscribe::CloseCell;
+use super::watchdog::WatchdogIo;
 use super::{AppState, ConnInfo, admin_router, router};
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
@@ -74,13 +70,12 @@ pub async fn run(
         .metrics_enabled
         .then(crate::telemetry::metrics::install);
     let hub = Hub::new(HubSettings::from_config(&config.hub, &config.sse));
-    let metrics_here = handle.clone();
     let state = Arc::new(
         AppState::new(
             Arc::clone(&config),
             hub.clone(),
             shutdown.clone(),
-            metrics_here,
+            handle.clone(),
         )
         .map_err(ServeError::Setup)?,
     );
@@ -267,125 +262,4 @@ fn spawn_housekeeping(
             }
         }
     });
-}
-
-pin_project! {
-    /// A TCP stream whose writes must make progress: a write that stays
-    /// blocked for `timeout` fails the connection, so a subscriber that never
-    /// reads is dropped instead of pinning buffers forever.
-    struct WatchdogIo {
-        #[pin]
-        inner: TcpStream,
-        stall: Option<Pin<Box<Sleep>>>,
-        armed: bool,
-        timeout: Duration,
-        close: Arc<CloseCell>,
-    }
-}
-
-impl WatchdogIo {
-    fn new(inner: TcpStream, timeout: Duration, close: Arc<CloseCell>) -> Self {
-        Self {
-            inner,
-            stall: None,
-            armed: false,
-            timeout,
-            close,
-        }
-    }
-}
-
-/// Shared by the write paths: clears the stall timer on progress, arms it
-/// when blocked, and fails the write once it fires.
-fn watch<T>(
-    polled: Poll<io::Result<T>>,
-    stall: &mut Option<Pin<Box<Sleep>>>,
-    armed: &mut bool,
-    timeout: Duration,
-    close: &CloseCell,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<T>> {
-    match polled {
-        Poll::Ready(r) => {
-            *armed = false;
-            Poll::Ready(r)
-        }
-        Poll::Pending => {
-            let deadline = Instant::now() + timeout;
-            let sleep = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if !*armed {
-                sleep.as_mut().reset(deadline);
-                *armed = true;
-            }
-            if sleep.as_mut().poll(cx).is_ready() {
-                close.set(CloseReason::WriteTimeout);
-                tracing::info!(
-                    "closing a connection that accepted no bytes within the write timeout"
-                );
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "write stalled",
-                )));
-            }
-            Poll::Pending
-        }
-    }
-}
-
-impl AsyncRead for WatchdogIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.project().inner.poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WatchdogIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, buf);
-        watch(
-            polled,
-            this.stall,
-            this.armed,
-            *this.timeout,
-            this.close,
-            cx,
-        )
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        watch(
-            polled,
-            this.stall,
-            this.armed,
-            *this.timeout,
-            this.close,
-            cx,
-        )
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderName, HeaderValue, Request, header};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt;
@@ -28,7 +28,9 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use super::ConnInfo;
-use super::subscribe::CloseReason;
+use super::error::error_response;
+use super::subscribe::{CloseCell, CloseReason};
+use super::watchdog::WatchdogIo;
 
 /// Largest request head accepted on this path.
 const MAX_HEAD: usize = 8 * 1024;
@@ -81,38 +83,27 @@ pub(crate) async fn classify(stream: &TcpStream, timeout: Duration) -> Opening {
 
 /// Serves one connection whose first request is `GET /events`.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     info: ConnInfo,
     app: Router,
     header_timeout: Duration,
     write_timeout: Duration,
 ) -> io::Result<()> {
+    let mut io = WatchdogIo::new(stream, write_timeout, Arc::clone(&info.close));
+    let close = Arc::clone(&info.close);
     // The transient phases are boxed so the connection's task keeps only
     // what streaming needs for the life of the connection.
-    let request = match tokio::time::timeout(header_timeout, Box::pin(read_head(&mut stream))).await
-    {
+    let response = match tokio::time::timeout(header_timeout, Box::pin(read_head(&mut io))).await {
         Err(_) => return Ok(()), // slow headers: just close, as hyper does
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(Err(status))) => {
-            let (code, message) = status;
-            let body =
-                format!("{{\"error\":{{\"code\":\"bad_request\",\"message\":\"{message}\"}}}}");
-            let head = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
-            return stream.shutdown().await;
+        Ok(Ok(Err((status, code, message)))) => error_response(status, code, message),
+        Ok(Ok(Ok(mut request))) => {
+            request.extensions_mut().insert(ConnectInfo(info));
+            match Box::pin(app.oneshot(request)).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
         }
-        Ok(Ok(Ok(req))) => req,
-    };
-    let close = Arc::clone(&info.close);
-    let mut request = request;
-    request.extensions_mut().insert(ConnectInfo(info));
-    let response = match Box::pin(app.oneshot(request)).await {
-        Ok(r) => r,
-        Err(never) => match never {},
     };
     let streaming = response.status().is_success()
         && response
@@ -140,30 +131,28 @@ pub(crate) async fn serve(
     }
     drop(parts);
     if !streaming {
-        return Box::pin(write_plain(stream, head, body)).await;
+        return Box::pin(write_plain(io, head, body)).await;
     }
     head.push_str("connection: close\r\n\r\n");
-    write_all(&stream, head.as_bytes(), write_timeout, &close).await?;
+    io.write_all(head.as_bytes()).await?;
     drop(head);
-    stream_body(stream, body, write_timeout, &close).await
+    stream_body(io, body, &close).await
 }
 
-/// Writes a complete, non-streaming response and closes.
-async fn write_plain(mut stream: TcpStream, mut head: String, body: Body) -> io::Result<()> {
-    {
-        let bytes = http_body_util::Limited::new(body, MAX_PLAIN_BODY)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        head.push_str(&format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            bytes.len()
-        ));
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    }
+/// Writes a complete, non-streaming response (an error) and closes.
+async fn write_plain(mut io: WatchdogIo, mut head: String, body: Body) -> io::Result<()> {
+    let bytes = http_body_util::Limited::new(body, MAX_PLAIN_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        bytes.len()
+    ));
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.shutdown().await
 }
 
 /// What woke a streaming connection.
@@ -173,13 +162,8 @@ enum Wake {
 }
 
 /// Writes SSE frames as the body yields them, until it ends, the client
-/// leaves, or a write makes no progress within `write_timeout`.
-async fn stream_body(
-    stream: TcpStream,
-    mut body: Body,
-    write_timeout: Duration,
-    close: &super::subscribe::CloseCell,
-) -> io::Result<()> {
+/// leaves, or the watchdog finds a write making no progress.
+async fn stream_body(mut io: WatchdogIo, mut body: Body, close: &CloseCell) -> io::Result<()> {
     loop {
         // One hand-written poll per wake: the body first, then whether the
         // client closed its side. No futures are rebuilt per event.
@@ -187,13 +171,13 @@ async fn stream_body(
             if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
                 return Poll::Ready(Wake::Frame(frame));
             }
-            stream.poll_read_ready(cx).map(Wake::Readable)
+            io.get_ref().poll_read_ready(cx).map(Wake::Readable)
         })
         .await;
         match wake {
             Wake::Frame(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    write_all(&stream, &data, write_timeout, close).await?;
+                    io.write_all(&data).await?;
                 }
             }
             Wake::Frame(Some(Err(_)) | None) => break,
@@ -202,7 +186,7 @@ async fn stream_body(
                 // The client sends nothing after its request; a readable
                 // socket means it closed (or is pipelining, which we ignore).
                 let mut sink = [0u8; 256];
-                match stream.try_read(&mut sink) {
+                match io.get_ref().try_read(&mut sink) {
                     Ok(0) => {
                         close.set(CloseReason::Client);
                         return Ok(());
@@ -214,66 +198,32 @@ async fn stream_body(
             }
         }
     }
-    let mut stream = stream;
-    stream.shutdown().await
+    io.shutdown().await
 }
 
-/// Writes all of `bytes`. The common case, a socket with room, is one
-/// non-blocking `write` with no timer; only a blocked socket arms the
-/// write-progress deadline, which restarts on every partial write.
-async fn write_all(
-    stream: &TcpStream,
-    bytes: &[u8],
-    timeout: Duration,
-    close: &super::subscribe::CloseCell,
-) -> io::Result<()> {
-    let mut rest = bytes;
-    match stream.try_write(rest) {
-        Ok(n) => rest = &rest[n..],
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    while !rest.is_empty() {
-        let progress = async {
-            loop {
-                stream.writable().await?;
-                match stream.try_write(rest) {
-                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, progress).await {
-            Ok(Ok(n)) => rest = &rest[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                close.set(CloseReason::WriteTimeout);
-                tracing::info!("closing a stream that accepted no bytes within the write timeout");
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-        }
-    }
-    Ok(())
-}
+/// A parsed request, or the status, code and message refusing it.
+type HeadResult = Result<Request<Body>, (StatusCode, &'static str, &'static str)>;
 
-type HeadResult = Result<Request<Body>, (&'static str, &'static str)>;
+const MALFORMED: (StatusCode, &str, &str) = (
+    StatusCode::BAD_REQUEST,
+    "bad_request",
+    "malformed request head",
+);
 
-/// Reads and parses the request head. Inner `Err` is a status line and
-/// message for a malformed request.
-async fn read_head(stream: &mut TcpStream) -> io::Result<HeadResult> {
+/// Reads and parses the request head.
+async fn read_head(io: &mut WatchdogIo) -> io::Result<HeadResult> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() >= MAX_HEAD {
             return Ok(Err((
-                "431 Request Header Fields Too Large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
                 "the request head is too large",
             )));
         }
         buf.reserve(1024.min(MAX_HEAD - buf.len()));
-        let n = (&mut *stream)
+        let n = (&mut *io)
             .take((MAX_HEAD - buf.len()) as u64)
             .read_buf(&mut buf)
             .await?;
@@ -284,14 +234,14 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<HeadResult> {
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&buf) {
             Ok(httparse::Status::Partial) => continue,
-            Err(_) => return Ok(Err(("400 Bad Request", "malformed request head"))),
+            Err(_) => return Ok(Err(MALFORMED)),
             Ok(httparse::Status::Complete(_)) => return Ok(build_request(&parsed)),
         }
     }
 }
 
 fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
-    let bad = Err(("400 Bad Request", "malformed request head"));
+    let bad = Err(MALFORMED);
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
         return bad;
     };
@@ -311,7 +261,11 @@ fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
                 .iter()
                 .all(|b| b.is_ascii_whitespace() || *b == b'0');
             if !empty {
-                return Err(("400 Bad Request", "GET /events takes no request body"));
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "body_not_allowed",
+                    "GET /events takes no request body",
+                ));
             }
         }
         let (Ok(name), Ok(value)) = (
@@ -322,7 +276,5 @@ fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
         };
         builder = builder.header(name, value);
     }
-    builder
-        .body(Body::empty())
-        .map_err(|_| ("400 Bad Request", "malformed request head"))
+    builder.body(Body::empty()).map_err(|_| MALFORMED)
 }
