@@ -18,7 +18,7 @@ pub async fn get_health() -> Response {
 
 /// `GET /readyz`: 200 while accepting work, 503 while draining.
 pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.is_draining() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",

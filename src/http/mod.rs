@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -49,7 +49,8 @@ pub struct AppState {
     pub sse_metrics: SseMetrics,
     /// Channels that may appear as a metric label (operator allowlist).
     pub channel_labels: std::collections::HashSet<String>,
-    /// Set once draining starts; read on every stream wake-up.
+    /// Set as soon as the accept loop stops; the one answer to "are we
+    /// draining?" for handlers, readiness and every stream wake-up.
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -152,7 +153,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(cors) = cors::layer(&state.config.cors) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn_with_state(state, observe_request))
+    app.layer(middleware::from_fn(observe_request))
 }
 
 /// The admin router (`/metrics`, `/healthz`, `/readyz`) for a separate listener.
@@ -179,11 +180,7 @@ async fn method_not_allowed() -> Response {
 
 /// Request span, HTTP metrics and rejection mapping. The span names the
 /// route template, never the raw URI, so query tokens stay out of traces.
-async fn observe_request(
-    State(_state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn observe_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()

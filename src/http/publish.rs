@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::edge::Identity;
 use super::error::ApiError;
-use crate::hub::NewEvent;
+use crate::hub::{EventId, NewEvent};
 
 /// One event in a publish request.
 #[derive(Debug, Deserialize)]
@@ -48,7 +48,7 @@ pub async fn publish_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if state.shutdown.is_cancelled() {
+    if state.is_draining() {
         return Err(ApiError::Unavailable {
             code: "draining",
             message: "the server is shutting down".into(),
@@ -123,7 +123,7 @@ pub async fn channel_stats(
     Ok(Json(json!({
         "channel": stats.name,
         "subscribers": stats.subscribers,
-        "last_id": stats.last_seq.map(|s| format!("{epoch}-{s}")),
+        "last_id": stats.last_seq.map(|seq| EventId { epoch, seq }.to_string()),
         "ring": {
             "len": stats.ring_len,
             "capacity": stats.ring_capacity,

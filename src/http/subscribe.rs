@@ -141,7 +141,7 @@ pub async fn subscribe_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    if state.shutdown.is_cancelled() {
+    if state.is_draining() {
         return Err(ApiError::Unavailable {
             code: "draining",
             message: "the server is shutting down".into(),

@@ -60,13 +60,7 @@ impl PendingEvent {
         let type_len = event.event_type.as_ref().map_or(0, |t| t.len() + 8);
         let mut buf = BytesMut::with_capacity(ID_SLOT + type_len + event.data.len() + 16);
         buf.put_bytes(0, ID_SLOT);
-        if let Some(t) = &event.event_type {
-            buf.put_slice(b"event: ");
-            buf.put_slice(t.as_bytes());
-            buf.put_u8(b'\n');
-        }
-        put_data_lines(&mut buf, &event.data);
-        buf.put_u8(b'\n');
+        put_fields(&mut buf, None, event.event_type.as_deref(), &event.data);
         Self { event, buf }
     }
 
@@ -126,14 +120,7 @@ impl Event {
             }
             json.push('}');
             let mut buf = BytesMut::with_capacity(json.len() + 64);
-            buf.put_slice(format!("id: {}\n", self.id).as_bytes());
-            if let Some(t) = &self.event_type {
-                buf.put_slice(b"event: ");
-                buf.put_slice(t.as_bytes());
-                buf.put_u8(b'\n');
-            }
-            put_data_lines(&mut buf, &json);
-            buf.put_u8(b'\n');
+            put_fields(&mut buf, Some(self.id), self.event_type.as_deref(), &json);
             buf.freeze()
         })
     }
@@ -173,15 +160,24 @@ pub fn put_data_lines(buf: &mut BytesMut, data: &str) {
 /// Builds a standalone SSE frame with the given fields (used for resets).
 pub fn control_frame(id: Option<EventId>, event_type: &str, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(data.len() + 64);
+    put_fields(&mut buf, id, Some(event_type), data);
+    buf.freeze()
+}
+
+/// Writes one whole SSE event: the optional `id:` and `event:` lines, the
+/// `data:` lines and the blank line that dispatches it. Every frame Herald
+/// sends is built here.
+fn put_fields(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&str>, data: &str) {
     if let Some(id) = id {
         buf.put_slice(format!("id: {id}\n").as_bytes());
     }
-    buf.put_slice(b"event: ");
-    buf.put_slice(event_type.as_bytes());
+    if let Some(t) = event_type {
+        buf.put_slice(b"event: ");
+        buf.put_slice(t.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    put_data_lines(buf, data);
     buf.put_u8(b'\n');
-    put_data_lines(&mut buf, data);
-    buf.put_u8(b'\n');
-    buf.freeze()
 }
 
 #[cfg(test)]
