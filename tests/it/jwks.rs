@@ -335,13 +335,7 @@ async fn a_jwks_down_at_start_is_picked_up_by_the_periodic_refresh() {
     // The server runs; tokens naming a kid fail until the set loads.
     let tok = rs("rsa-private.pem", "rsa-1");
     assert_eq!(publish(&server, &tok).await, (401, "unknown_key".into()));
-    let health = server
-        .http
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), 200);
+    assert_eq!(server.get_json("/healthz").await["status"], "ok");
 
     // The endpoint comes up; with no token sent, the periodic refresh loads it.
     jwks.serve(Some(INITIAL));
@@ -365,13 +359,7 @@ async fn a_hanging_jwks_endpoint_delays_start_by_at_most_the_timeout() {
         c.auth.jwks_timeout_secs = 1;
     })
     .await;
-    let health = server
-        .http
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), 200);
+    assert_eq!(server.get_json("/healthz").await["status"], "ok");
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(5), "start took {waited:?}");
     // Within the minimum interval since the failed start fetch: no waiting.
