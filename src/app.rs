@@ -110,7 +110,8 @@ pub async fn run(
         header_read_timeout: config.http.header_read_timeout(),
         write_timeout: config.sse.write_timeout(),
     };
-    accept_until(listener, app, settings, &tracker, &shutdown).await;
+    let pending = state.edge.pending_connections();
+    accept_until(listener, app, settings, pending, &tracker, &shutdown).await;
 
     state.start_draining();
     tracing::info!(open_connections = tracker.len(), "draining");

@@ -82,6 +82,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let telemetry =
             herald::telemetry::trace::init(&config.telemetry).context("cannot start telemetry")?;
+        match herald::limits::raise_open_files_limit() {
+            Ok(l) => tracing::info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                "open files limit"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
         let listener = herald::bind(config.listen, config.http.backlog)?;
         let shutdown = herald::shutdown::on_signal();
         let result = herald::run(config, listener, shutdown).await;

@@ -1,7 +1,8 @@
 //! One accepted TCP connection: who is on the other end ([`ConnInfo`]), why
 //! it closed ([`CloseReason`], shared through a [`CloseCell`]), and which of
-//! the two paths serves it: the lean stream path for a first request of
-//! `GET /events` (`stream_conn`), or hyper's HTTP/1 server for the rest.
+//! the two paths serves it once its first request head is read (`head`):
+//! the lean stream path for a first request of `GET /events`
+//! (`stream_conn`), or hyper's HTTP/1 server for the rest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,15 +11,19 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::stream_conn::{self, Opening};
+use super::head::{self, FirstHead, Prefixed};
+use super::stream_conn;
 use super::watchdog::WatchdogIo;
+use crate::limits::PendingPermit;
 
 /// Per-connection facts, inserted into each request by the connection loop.
 #[derive(Debug, Clone)]
@@ -92,52 +97,78 @@ impl CloseCell {
 /// Timeouts every connection is served with.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
-    /// Time allowed for a request head to arrive.
+    /// Time allowed for a request head to arrive: from accept for the
+    /// first, from the end of the previous response for later ones.
     pub header_read_timeout: Duration,
     /// A write that makes no progress this long fails the connection.
     pub write_timeout: Duration,
 }
 
-/// Serves one accepted connection on the path its first bytes ask for.
+/// A connection just accepted, with its slot among the peer's pending
+/// connections and the deadline for its first request head.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The socket peer.
+    pub peer: SocketAddr,
+    /// Held until the first request head is complete.
+    pub pending: PendingPermit,
+    /// When the first request head must be complete (accept time plus the
+    /// header timeout).
+    pub deadline: Instant,
+}
+
+/// Serves one accepted connection on the path its first request head asks
+/// for. The head is read here, under the one deadline; a connection that is
+/// still without a whole head when the server starts draining is closed.
 pub async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     app: Router,
     settings: ConnSettings,
     shutdown: CancellationToken,
 ) {
+    let Accepted {
+        stream,
+        peer,
+        pending,
+        deadline,
+    } = accepted;
     // Events are small and latency matters: never wait for Nagle.
     let _ = stream.set_nodelay(true);
+    let first = Box::pin(head::read_first_head(&stream, deadline, &shutdown)).await;
+    // The head is complete (or never will be): no longer pending.
+    drop(pending);
     let close = Arc::new(CloseCell::default());
     let info = ConnInfo {
         peer,
         close: Arc::clone(&close),
     };
-    match stream_conn::classify(&stream, settings.header_read_timeout).await {
-        Opening::Gone => return,
-        Opening::Subscribe => {
-            let served = stream_conn::serve(
-                stream,
-                info,
-                app,
-                settings.header_read_timeout,
-                settings.write_timeout,
-            )
-            .await;
+    let prefix = match first {
+        FirstHead::Gone => return,
+        FirstHead::Subscribe(head) => {
+            let served = stream_conn::serve(stream, head, info, app, settings.write_timeout).await;
             if let Err(e) = served {
                 tracing::debug!(peer = %peer, error = %e, "stream connection ended with an error");
             }
             return;
         }
-        Opening::Other => {}
-    }
+        FirstHead::Other(prefix) => prefix,
+    };
     // Boxed: hyper's connection state is large, and only this branch needs it.
-    Box::pin(serve_http(stream, info, close, app, settings, shutdown)).await;
+    Box::pin(serve_http(
+        stream, prefix, info, close, app, settings, shutdown,
+    ))
+    .await;
 }
 
-/// Serves a general HTTP/1 connection with hyper.
+/// Serves a general HTTP/1 connection with hyper, replaying `prefix` (the
+/// bytes of the first head, already read) before reading the socket.
+/// hyper's own header timeout bounds each later request on the connection,
+/// idle time before it included.
 async fn serve_http(
     stream: TcpStream,
+    prefix: Bytes,
     info: ConnInfo,
     close: Arc<CloseCell>,
     app: Router,
@@ -145,7 +176,10 @@ async fn serve_http(
     shutdown: CancellationToken,
 ) {
     let peer = info.peer;
-    let io = TokioIo::new(WatchdogIo::new(stream, settings.write_timeout, close));
+    let io = TokioIo::new(Prefixed::new(
+        prefix,
+        WatchdogIo::new(stream, settings.write_timeout, close),
+    ));
     let service = app.map_request(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(info.clone()));
         req
@@ -155,7 +189,7 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true)
-        .max_buf_size(16 * 1024);
+        .max_buf_size(head::READ_LIMIT);
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -85,6 +85,12 @@ impl Edge {
         self.limits.max_connections()
     }
 
+    /// The per-IP counts of connections without a first request head, which
+    /// the accept loop admits against.
+    pub fn pending_connections(&self) -> Arc<crate::limits::PendingConnections> {
+        self.limits.pending_connections()
+    }
+
     /// The JWKS key cache, when `auth.jwks_url` is set.
     pub fn jwks(&self) -> Option<Arc<crate::jwks::JwksCache>> {
         self.auth.jwks().cloned()

@@ -1,9 +1,12 @@
 //! The listening socket: binding it with the configured backlog, and the
 //! accept loop that hands each connection to [`serve_connection`] until the
-//! server starts draining.
+//! server starts draining. A peer already holding its cap of connections
+//! without a request head has its new socket closed here, before a task or
+//! a buffer is spent on it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{ConnSettings, serve_connection};
+use super::connection::{Accepted, ConnSettings, serve_connection};
+use crate::limits::PendingConnections;
 
 /// Binding a listening socket failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +42,13 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, BindError> {
 }
 
 /// Accepts connections until `shutdown` is cancelled, serving each as a task
-/// of `tracker`. Returns when the listener is closed.
+/// of `tracker`, unless its peer is over its cap of `pending` connections.
+/// Returns when the listener is closed.
 pub async fn accept_until(
     listener: TcpListener,
     app: Router,
     settings: ConnSettings,
+    pending: Arc<PendingConnections>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
@@ -54,9 +60,24 @@ pub async fn accept_until(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
+                let Some(pending) = pending.admit(peer.ip()) else {
+                    tracing::debug!(
+                        peer = %peer,
+                        "closed a new connection: its address holds too many without a request head"
+                    );
+                    drop(stream);
+                    continue;
+                };
+                let accepted = Accepted {
+                    stream,
+                    peer,
+                    pending,
+                    deadline,
+                };
                 let app = app.clone();
                 let stop = shutdown.clone();
-                tracker.spawn(serve_connection(stream, peer, app, settings, stop));
+                tracker.spawn(serve_connection(accepted, app, settings, stop));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

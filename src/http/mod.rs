@@ -6,7 +6,8 @@
 //! - [`cors`]: the CORS layer.
 //! - [`subscribe`], [`publish`], [`health`]: the handlers.
 //! - [`listener`]: binding and the accept loop; [`connection`]: one
-//!   connection and its two paths (hyper, or `stream_conn` for `GET /events`);
+//!   connection and its two paths (hyper, or `stream_conn` for `GET /events`),
+//!   chosen once `head` has read the first request head under one deadline;
 //!   `watchdog`: the write-progress timeout both paths share.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod connection;
 pub mod cors;
 pub mod edge;
 pub mod error;
+mod head;
 pub mod health;
 pub mod listener;
 pub mod publish;

@@ -2,8 +2,9 @@
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the life
 //! of every connection; for an SSE stream that idles for hours that is most
-//! of its memory. A connection that opens with `GET /events` is therefore
-//! served here instead: the request head is parsed with `httparse` into a
+//! of its memory. A connection that opens with `GET /events` (in any form
+//! `head` recognises) is therefore served here instead: the request head,
+//! already read by `head`, is parsed with `httparse` into a
 //! normal `http::Request`, passed through the same router (so every layer —
 //! CORS, auth, limits, metrics, tracing — applies unchanged), and the
 //! response is written straight to the socket. The SSE body is sent
@@ -38,66 +39,26 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Largest non-streaming response body written on this path (errors).
 const MAX_PLAIN_BODY: usize = 64 * 1024;
-const PREFIX: &[u8] = b"GET /events";
 
-/// What the first bytes of a connection say.
-pub(crate) enum Opening {
-    /// A `GET /events` request: serve it here.
-    Subscribe,
-    /// Anything else: hand the connection to hyper.
-    Other,
-    /// Nothing arrived in time, or the peer closed.
-    Gone,
-}
-
-/// Peeks at the first bytes without consuming them.
-pub(crate) async fn classify(stream: &TcpStream, timeout: Duration) -> Opening {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; PREFIX.len() + 1];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Opening::Gone,
-            Ok(Ok(n)) => n,
-        };
-        let seen = &buf[..n];
-        if n == buf.len() {
-            let next = buf[PREFIX.len()];
-            return if seen.starts_with(PREFIX) && (next == b'?' || next == b' ') {
-                Opening::Subscribe
-            } else {
-                Opening::Other
-            };
-        }
-        if !PREFIX.starts_with(seen) {
-            return Opening::Other;
-        }
-        // A prefix of `GET /events` arrived in pieces: peek returns at once
-        // while no new data comes (so the timeout above never fires), hence
-        // the explicit deadline check before waiting a little.
-        if tokio::time::Instant::now() >= deadline {
-            return Opening::Gone;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Serves one connection whose first request is `GET /events`.
+/// Serves one connection whose first request is `GET /events`, given the
+/// bytes of its head (read by `head::read_first_head`). Bytes after the
+/// head are a pipelined request, which this path ignores.
 pub(crate) async fn serve(
     stream: TcpStream,
+    head: Vec<u8>,
     info: ConnInfo,
     app: Router,
-    header_timeout: Duration,
     write_timeout: Duration,
 ) -> io::Result<()> {
+    let parsed = parse_head(&head);
+    drop(head);
     let mut io = WatchdogIo::new(stream, write_timeout, Arc::clone(&info.close));
     let close = Arc::clone(&info.close);
-    // The transient phases are boxed so the connection's task keeps only
-    // what streaming needs for the life of the connection.
-    let response = match tokio::time::timeout(header_timeout, Box::pin(read_head(&mut io))).await {
-        Err(_) => return Ok(()), // slow headers: just close, as hyper does
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Err(refused))) => refused.into_response(),
-        Ok(Ok(Ok(mut request))) => {
+    // The routing phase is boxed so the connection's task keeps only what
+    // streaming needs for the life of the connection.
+    let response = match parsed {
+        Err(refused) => refused.into_response(),
+        Ok(mut request) => {
             request.extensions_mut().insert(ConnectInfo(info));
             match Box::pin(app.oneshot(request)).await {
                 Ok(r) => r,
@@ -208,29 +169,15 @@ fn malformed() -> ApiError {
     ApiError::bad_request("bad_request", "malformed request head")
 }
 
-/// Reads and parses the request head.
-async fn read_head(io: &mut WatchdogIo) -> io::Result<HeadResult> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        if buf.len() >= MAX_HEAD {
-            return Ok(Err(ApiError::HeaderTooLarge));
-        }
-        buf.reserve(1024.min(MAX_HEAD - buf.len()));
-        let n = (&mut *io)
-            .take((MAX_HEAD - buf.len()) as u64)
-            .read_buf(&mut buf)
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Partial) => continue,
-            Err(_) => return Ok(Err(malformed())),
-            Ok(httparse::Status::Complete(_)) => return Ok(build_request(&parsed)),
-        }
+/// Parses a request head read in full (or cut at the read limit).
+fn parse_head(buf: &[u8]) -> HeadResult {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => build_request(&parsed),
+        Ok(httparse::Status::Complete(_)) => Err(ApiError::HeaderTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(ApiError::HeaderTooLarge),
+        Ok(httparse::Status::Partial) | Err(_) => Err(malformed()),
     }
 }
 

@@ -41,6 +41,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// `Retry-After` sent when a concurrent-stream cap refuses a stream.
     pub stream_retry_after_secs: u64,
+    /// Connections per client IP that may be open without having sent a
+    /// whole first request head; past it a new connection is closed at once.
+    /// Keyed on the socket peer (no head, so no `X-Forwarded-For`); peers in
+    /// `trusted_proxies` are exempt. `0` disables.
+    /// Env `HERALD_LIMITS__MAX_PENDING_PER_IP`.
+    pub max_pending_per_ip: usize,
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR
     /// blocks, e.g. `["10.0.0.0/8", "::1"]`. Empty: the socket peer is the
     /// client.
@@ -58,6 +64,7 @@ impl Default for LimitsConfig {
             max_streams_per_subject: 100_000,
             max_connections: 50_000,
             stream_retry_after_secs: 5,
+            max_pending_per_ip: 128,
             trusted_proxies: Vec::new(),
         }
     }

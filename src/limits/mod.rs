@@ -11,8 +11,10 @@
 //! | `streams_per_ip`      | concurrent SSE streams per client IP               | counter, [`StreamPermit`] |
 //! | `streams_per_subject` | concurrent SSE streams per token subject           | counter, [`StreamPermit`] |
 //! | `connections`         | concurrent SSE streams in total                    | counter, [`StreamPermit`] |
+//! | `pending_per_ip`      | connections per client IP without a whole first request head | counter, [`PendingPermit`] |
 //!
-//! A rate or count of `0` in config turns that limit off.
+//! A rate or count of `0` in config turns that limit off. A connection over
+//! `pending_per_ip` has no request to answer: it is closed at once.
 //!
 //! IPv6 clients are limited per /64 prefix, the block one subscriber usually
 //! holds, so a client cannot dodge its limit by rotating addresses inside it;
@@ -28,6 +30,8 @@
 
 mod client_ip;
 mod config;
+mod fds;
+mod pending;
 mod streams;
 
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +48,8 @@ use governor::{Quota, RateLimiter};
 
 pub use client_ip::{InvalidNet, IpNet, client_ip, ip_bucket};
 pub use config::{LimitsConfig, LimitsConfigError};
+pub use fds::{OpenFilesLimit, raise_open_files_limit};
+pub use pending::{PENDING_LIMIT, PendingConnections, PendingPermit};
 pub use streams::StreamPermit;
 
 use crate::telemetry::metrics::RATE_LIMITED;
@@ -109,6 +115,7 @@ pub struct Limits<C: Clock = DefaultClock> {
     publish_refill: Duration,
     new_streams: Option<KeyedLimiter<IpAddr, C>>,
     streams: Arc<StreamCounters>,
+    pending: Arc<PendingConnections>,
     trusted_proxies: Vec<IpNet>,
     stream_retry_after: Duration,
 }
@@ -140,6 +147,10 @@ impl<C: Clock + Clone> Limits<C> {
                 max_per_subject: cfg.max_streams_per_subject,
                 ..StreamCounters::default()
             }),
+            pending: Arc::new(PendingConnections::new(
+                cfg.max_pending_per_ip,
+                cfg.trusted_proxies()?,
+            )),
             trusted_proxies: cfg.trusted_proxies()?,
             stream_retry_after: Duration::from_secs(cfg.stream_retry_after_secs),
             clock,
@@ -212,6 +223,12 @@ impl<C: Clock + Clone> Limits<C> {
             + self.new_streams.as_ref().map_or(0, |l| l.len())
             + self.streams.per_ip.len()
             + self.streams.per_subject.len()
+            + self.pending.tracked_keys()
+    }
+
+    /// The pending-connection counts the accept loop admits against.
+    pub fn pending_connections(&self) -> Arc<PendingConnections> {
+        Arc::clone(&self.pending)
     }
 
     /// The configured cap on concurrent streams (`0` = none), for the

@@ -66,7 +66,11 @@ impl StreamCounters {
 }
 
 /// Increments `key`'s count unless it is at `max`.
-fn take_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K, max: usize) -> bool {
+pub(super) fn take_slot<K: std::hash::Hash + Eq>(
+    map: &DashMap<K, usize>,
+    key: K,
+    max: usize,
+) -> bool {
     match map.entry(key) {
         Entry::Occupied(mut e) => {
             if *e.get() >= max {
@@ -82,7 +86,7 @@ fn take_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K, max: usiz
 }
 
 /// Decrements `key`'s count, removing the entry at zero.
-fn give_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K) {
+pub(super) fn give_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K) {
     if let Entry::Occupied(mut e) = map.entry(key) {
         if *e.get() <= 1 {
             e.remove();

@@ -16,6 +16,11 @@ pub const CONNECTIONS: &str = "herald_connections";
 pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
 /// SSE connections closed, by `reason` (counter).
 pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
+/// Connections accepted that have not yet sent a whole first request head (gauge).
+pub const PENDING_CONNECTIONS: &str = "herald_connections_pending";
+/// Connections closed before a whole first request head, by `reason` =
+/// `header_timeout` | `shutdown` | `client` (counter).
+pub const CONNECTIONS_UNSERVED: &str = "herald_connections_unserved_total";
 /// The configured ceiling on concurrent SSE connections (gauge).
 pub const CONNECTIONS_LIMIT: &str = "herald_connections_limit";
 /// Channel subscriptions held by open connections (gauge).
@@ -106,6 +111,14 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "Open SSE connections");
     describe_counter!(CONNECTIONS_OPENED, "SSE connections opened");
     describe_counter!(CONNECTIONS_CLOSED, "SSE connections closed, by reason");
+    describe_gauge!(
+        PENDING_CONNECTIONS,
+        "Connections accepted that have not yet sent a whole first request head"
+    );
+    describe_counter!(
+        CONNECTIONS_UNSERVED,
+        "Connections closed before a whole first request head, by reason"
+    );
     describe_gauge!(
         CONNECTIONS_LIMIT,
         "Configured maximum of concurrent SSE connections"
