@@ -155,6 +155,9 @@ impl From<HubError> for ApiError {
         match &e {
             HubError::InvalidChannel(_) => Self::bad_request("invalid_channel", e.to_string()),
             HubError::InvalidEventType(_) => Self::bad_request("invalid_event_type", e.to_string()),
+            HubError::ReservedEventType(_) => {
+                Self::bad_request("reserved_event_type", e.to_string())
+            }
             HubError::EventTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             HubError::TooManyChannels(_) => Self::Unavailable {
                 code: "channel_capacity",
@@ -265,6 +268,10 @@ mod tests {
         assert_eq!(
             ApiError::from(HubError::TooManyChannels(1)).parts(),
             (StatusCode::SERVICE_UNAVAILABLE, "channel_capacity")
+        );
+        assert_eq!(
+            ApiError::from(HubError::ReservedEventType("herald.reset".into())).parts(),
+            (StatusCode::BAD_REQUEST, "reserved_event_type")
         );
         assert_eq!(
             ApiError::UnsupportedMediaType.parts(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +25,9 @@ use crate::hub::{EventId, NewEvent};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody<'a> {
-    #[serde(borrow)]
+    /// `None` only when the field is missing: `"data": null` is JSON data
+    /// like any other, and is delivered as `null`.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     event: Option<String>,
     /// Accepted for symmetry with SSE; ids are always assigned by Herald.
@@ -39,6 +42,14 @@ struct BatchBody<'a> {
     events: Vec<PublishBody<'a>>,
 }
 
+/// Deserializes a field that is present, `null` included, as `Some`.
+fn present<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue as Deserialize<'de>>::deserialize(d).map(Some)
+}
+
 /// `POST /channels/{*path}`: `.../events` publishes one event,
 /// `.../events/batch` publishes several.
 pub async fn publish_events(
@@ -46,7 +57,7 @@ pub async fn publish_events(
     Extension(who): Extension<Identity>,
     Path(path): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
@@ -60,9 +71,53 @@ pub async fn publish_events(
             "publish to /channels/{channel}/events or /channels/{channel}/events/batch".into(),
         ));
     };
+    let events = match checked_events(&state, &who, channel, batch, &headers, body) {
+        Ok(events) => events,
+        Err(refused) => {
+            // A refused publish costs one unit of the publish rate, so a
+            // flood of bad requests is limited like a flood of good ones.
+            state.edge.admit_publish_rate(&who, 1)?;
+            return Err(refused);
+        }
+    };
+    state.edge.admit_publish_rate(&who, events.len())?;
+    let span = tracing::info_span!("publish", channel = %channel, events = events.len());
+    // Taken inside the publish span, so fan-out spans link to it.
+    let trace = span.in_scope(crate::telemetry::trace::current_span_context);
+    let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
+    tracing::debug!(parent: &span, first = %ids[0], "published");
+    if state.channel_labels.contains(channel) {
+        metrics::counter!(
+            crate::telemetry::metrics::CHANNEL_EVENTS_PUBLISHED,
+            "channel" => channel.to_owned()
+        )
+        .increment(ids.len() as u64);
+    }
+    let body = if batch {
+        json!({ "ids": ids.iter().map(ToString::to_string).collect::<Vec<_>>() })
+    } else {
+        json!({ "id": ids[0].to_string() })
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The events of a publish request, once the channel, the right, the body
+/// and every event have been checked.
+fn checked_events(
+    state: &AppState,
+    who: &Identity,
+    channel: &str,
+    batch: bool,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<NewEvent>, ApiError> {
     state.hub.validate_channel(channel)?;
-    state.edge.may_publish(&who, channel)?;
-    check_json_content_type(&headers)?;
+    state.edge.may_publish(who, channel)?;
+    check_json_content_type(headers)?;
+    let body = body.map_err(|rejected| match rejected.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(rejected.body_text()),
+        _ => ApiError::bad_request("bad_request", rejected.body_text()),
+    })?;
     let events = if batch {
         let parsed: BatchBody = parse_json(&body)?;
         let max = state.http.max_batch_events;
@@ -83,25 +138,7 @@ pub async fn publish_events(
     for e in &events {
         state.hub.validate_event(e)?;
     }
-    state.edge.admit_publish_rate(&who, events.len())?;
-    let span = tracing::info_span!("publish", channel = %channel, events = events.len());
-    // Taken inside the publish span, so fan-out spans link to it.
-    let trace = span.in_scope(crate::telemetry::trace::current_span_context);
-    let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
-    tracing::debug!(parent: &span, first = %ids[0], "published");
-    if state.channel_labels.contains(channel) {
-        metrics::counter!(
-            crate::telemetry::metrics::CHANNEL_EVENTS_PUBLISHED,
-            "channel" => channel.to_owned()
-        )
-        .increment(ids.len() as u64);
-    }
-    let body = if batch {
-        json!({ "ids": ids.iter().map(ToString::to_string).collect::<Vec<_>>() })
-    } else {
-        json!({ "id": ids[0].to_string() })
-    };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(events)
 }
 
 /// `GET /channels/{*channel}`: subscriber count, last id, ring fill.
@@ -205,6 +242,16 @@ fn minify_json(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::minify_json;
+
+    #[test]
+    fn null_data_is_data_and_missing_data_is_not() {
+        let null: super::PublishBody = serde_json::from_str(r#"{"data":null}"#).expect("parses");
+        let event = super::to_new_event(null).expect("null is JSON data");
+        assert_eq!((event.data.as_str(), event.data_is_json), ("null", true));
+        let missing: super::PublishBody = serde_json::from_str(r#"{"event":"x"}"#).expect("parses");
+        let refused = super::to_new_event(missing).expect_err("no data field");
+        assert_eq!(refused.parts().1, "missing_data");
+    }
 
     #[test]
     fn minify_keeps_strings_numbers_and_order() {

@@ -50,6 +50,11 @@ pub enum HubError {
     /// The event type contains CR/LF or is too long.
     #[error("invalid event type: {0}")]
     InvalidEventType(String),
+    /// The event type starts with `herald.`, which names Herald's own
+    /// events (`herald.reset`, `herald.token_expired`): subscribers must be
+    /// able to trust them.
+    #[error("event type {0:?} is reserved: types starting with \"herald.\" are Herald's own")]
+    ReservedEventType(String),
     /// The event's data exceeds the configured maximum.
     #[error("event data is {size} bytes; the limit is {max}")]
     EventTooLarge {
@@ -251,6 +256,9 @@ impl Hub {
                     "it must be 1 to {} bytes",
                     s.max_event_type_len
                 )));
+            }
+            if t.starts_with(RESERVED_PREFIX) {
+                return Err(HubError::ReservedEventType(t.clone()));
             }
         }
         if event.data.len() > s.max_event_bytes {

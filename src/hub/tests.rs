@@ -243,6 +243,21 @@ fn channel_cap_and_validation() {
         hub.validate_event(&ev(&"x".repeat(2000))),
         Err(HubError::EventTooLarge { .. })
     ));
+    for reserved in ["herald.reset", "herald.token_expired", "herald.anything"] {
+        let own = NewEvent {
+            event_type: Some(reserved.into()),
+            ..ev("x")
+        };
+        assert_eq!(
+            hub.validate_event(&own),
+            Err(HubError::ReservedEventType(reserved.into()))
+        );
+    }
+    let lookalike = NewEvent {
+        event_type: Some("heraldic.reset".into()),
+        ..ev("x")
+    };
+    assert!(hub.validate_event(&lookalike).is_ok());
 }
 
 #[test]
