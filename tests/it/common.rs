@@ -218,8 +218,31 @@ impl ServerProcess {
     /// Spawns the `herald` binary with the given env, waits for "listening".
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        Self::spawn_command(cmd, env).await
+    }
+
+    /// Like [`ServerProcess::spawn`], but the process starts with the given
+    /// soft and hard open-files limits (set by `sh`, which then `exec`s
+    /// Herald, so the pid is Herald's).
+    pub async fn spawn_with_nofile(
+        soft: u64,
+        hard: u64,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_herald"))
+            .args(args);
+        Self::spawn_command(cmd, env).await
+    }
+
+    async fn spawn_command(mut cmd: tokio::process::Command, env: &[(&str, &str)]) -> Self {
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")

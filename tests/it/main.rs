@@ -6,6 +6,7 @@ mod common;
 
 mod core;
 mod edge;
+mod hardening;
 mod jwks;
 mod otlp;
 mod prometheus;
