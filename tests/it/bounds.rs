@@ -78,7 +78,7 @@ async fn history_memory_stays_within_the_budget() {
         .await
         .expect("herald_history_bytes is exported");
     assert!(
-        retained <= ((BUDGET_MIB << 20) + (7 * 460 << 10)) as f64,
+        retained <= ((BUDGET_MIB << 20) + ((7 * 460) << 10)) as f64,
         "retained {retained} bytes"
     );
     let evicted = crate::common::metric(
