@@ -74,7 +74,6 @@
 //! open; when it runs out the stream ends with a final event telling the
 //! client to refresh its token, then a `retry:` hint.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -573,24 +572,10 @@ impl Authenticator {
     /// `Ok(None)` means anonymous: no token was presented, or auth is
     /// disabled. Failures are counted in `herald_auth_failures_total`.
     ///
-    /// This never touches the network: a `kid` missing from the JWKS is
-    /// `unknown_key` at once. The server uses
-    /// [`authenticate_with_refresh`](Self::authenticate_with_refresh).
-    pub fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query_token: Option<&str>,
-    ) -> Result<Option<Claims>, AuthError> {
-        let Some(token) = self.presented_token(headers, query_token)? else {
-            return Ok(None);
-        };
-        self.verify(token).map(Some).inspect_err(AuthError::record)
-    }
-
-    /// [`authenticate`](Self::authenticate), except that a token whose `kid`
-    /// is not in the JWKS makes this request refresh the set and verify
-    /// again, when the refresh rate limit allows one now (the fetch timeout
-    /// bounds the wait). Otherwise it fails with `unknown_key` at once.
+    /// A token whose `kid` is not in the JWKS makes this request refresh the
+    /// set and verify again, when the refresh rate limit allows one now (the
+    /// fetch timeout bounds the wait). Otherwise it fails with `unknown_key`
+    /// at once.
     pub async fn authenticate_with_refresh(
         &self,
         headers: &HeaderMap,
@@ -892,36 +877,11 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The percent-decoded `access_token` value of a raw query string, to pass
-/// to [`Authenticator::authenticate`].
+/// to [`Authenticator::authenticate_with_refresh`].
 pub fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == QUERY_PARAM)
         .map(|(_, v)| v.into_owned())
-}
-
-/// `query` with every `access_token` value replaced by `[redacted]`, for
-/// logs and spans. Keys are compared percent-decoded, so an encoded key such
-/// as `access%5Ftoken` is redacted too.
-pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let is_token = |pair: &str| {
-        form_urlencoded::parse(pair.as_bytes())
-            .next()
-            .is_some_and(|(k, _)| k == QUERY_PARAM)
-    };
-    if !query.split('&').any(is_token) {
-        return Cow::Borrowed(query);
-    }
-    let redacted: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| {
-            if is_token(pair) {
-                Cow::Owned(format!("{QUERY_PARAM}=[redacted]"))
-            } else {
-                Cow::Borrowed(pair)
-            }
-        })
-        .collect();
-    Cow::Owned(redacted.join("&"))
 }
 
 /// Decodes unpadded base64url (RFC 4648 §5), as used by JWS: padding, the
@@ -1025,29 +985,9 @@ struct MintedClaims<'a> {
     herald: Rights,
 }
 
-/// Mints a token with the configured HMAC secret and the first pinned HS
-/// algorithm; `aud` and `iss` are the configured ones.
-pub fn mint_token(
-    cfg: &AuthConfig,
-    sub: &str,
-    subscribe: &[String],
-    publish: &[String],
-    ttl: Duration,
-) -> Result<String, AuthError> {
-    mint(
-        cfg,
-        &TokenRequest {
-            sub: sub.to_string(),
-            subscribe: subscribe.to_vec(),
-            publish: publish.to_vec(),
-            ttl,
-            audience: None,
-            issuer: None,
-        },
-    )
-}
-
-/// Mints a token as described by `request` (see [`mint_token`]).
+/// Mints a token as described by `request`, with the configured HMAC secret
+/// and the first pinned HS algorithm; `aud` and `iss` default to the
+/// configured ones.
 pub fn mint(cfg: &AuthConfig, request: &TokenRequest) -> Result<String, AuthError> {
     let alg = parse_algorithms(&cfg.algorithms)?
         .into_iter()
@@ -1289,13 +1229,14 @@ mod tests {
         assert!(!is_valid_pattern("a b"));
     }
 
-    #[test]
-    fn valid_token_from_each_source() {
+    #[tokio::test]
+    async fn valid_token_from_each_source() {
         let auth = authenticator(&hs_config());
         let token = hs(valid_claims());
 
         let claims = auth
-            .authenticate(&bearer(&token), None)
+            .authenticate_with_refresh(&bearer(&token), None)
+            .await
             .expect("bearer ok")
             .expect("claims");
         assert_eq!(claims.sub.as_deref(), Some("alice"));
@@ -1311,32 +1252,38 @@ mod tests {
                 .expect("ascii"),
         );
         assert!(
-            auth.authenticate(&cookies, None)
+            auth.authenticate_with_refresh(&cookies, None)
+                .await
                 .expect("cookie ok")
                 .is_some()
         );
 
         let none = HeaderMap::new();
         assert!(
-            auth.authenticate(&none, Some(&token))
+            auth.authenticate_with_refresh(&none, Some(&token))
+                .await
                 .expect("query")
                 .is_some()
         );
-        assert_eq!(auth.authenticate(&none, None), Ok(None));
+        assert_eq!(auth.authenticate_with_refresh(&none, None).await, Ok(None));
     }
 
-    #[test]
-    fn query_source_can_be_disabled() {
+    #[tokio::test]
+    async fn query_source_can_be_disabled() {
         let auth = authenticator(&AuthConfig {
             query_param_enabled: false,
             ..hs_config()
         });
         let token = hs(valid_claims());
-        assert_eq!(auth.authenticate(&HeaderMap::new(), Some(&token)), Ok(None));
+        assert_eq!(
+            auth.authenticate_with_refresh(&HeaderMap::new(), Some(&token))
+                .await,
+            Ok(None)
+        );
     }
 
-    #[test]
-    fn header_wins_over_cookie_and_a_bad_header_is_not_skipped() {
+    #[tokio::test]
+    async fn header_wins_over_cookie_and_a_bad_header_is_not_skipped() {
         let auth = authenticator(&hs_config());
         let good = hs(valid_claims());
         let mut headers = bearer("not.a.jwt");
@@ -1345,7 +1292,7 @@ mod tests {
             HeaderValue::from_str(&format!("herald_token={good}")).expect("ascii"),
         );
         assert_eq!(
-            auth.authenticate(&headers, Some(&good)),
+            auth.authenticate_with_refresh(&headers, Some(&good)).await,
             Err(AuthError::Malformed)
         );
 
@@ -1354,27 +1301,39 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic Zm9vOmJhcg=="),
         );
-        assert!(auth.authenticate(&headers, None).expect("cookie").is_some());
+        assert!(
+            auth.authenticate_with_refresh(&headers, None)
+                .await
+                .expect("cookie")
+                .is_some()
+        );
 
         let empty = {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
             h
         };
-        assert_eq!(auth.authenticate(&empty, None), Err(AuthError::Malformed));
+        assert_eq!(
+            auth.authenticate_with_refresh(&empty, None).await,
+            Err(AuthError::Malformed)
+        );
     }
 
-    #[test]
-    fn disabled_auth_is_anonymous_and_open() {
+    #[tokio::test]
+    async fn disabled_auth_is_anonymous_and_open() {
         let auth = authenticator(&AuthConfig::default());
         assert!(!auth.enabled());
-        assert_eq!(auth.authenticate(&bearer("garbage"), None), Ok(None));
+        assert_eq!(
+            auth.authenticate_with_refresh(&bearer("garbage"), None)
+                .await,
+            Ok(None)
+        );
         assert_eq!(auth.may_subscribe(None, &["any/thing".to_string()]), Ok(()));
         assert_eq!(auth.may_publish(None, "any"), Ok(()));
     }
 
-    #[test]
-    fn alg_none_is_rejected() {
+    #[tokio::test]
+    async fn alg_none_is_rejected() {
         let auth = authenticator(&hs_config());
         let payload = b64url_encode(valid_claims().to_string().as_bytes());
         for alg in ["none", "None", "NONE"] {
@@ -1389,13 +1348,14 @@ mod tests {
             }
         }
         let err = auth
-            .authenticate(
+            .authenticate_with_refresh(
                 &bearer(&format!(
                     "{}.{payload}.",
                     b64url_encode(br#"{"alg":"none"}"#)
                 )),
                 None,
             )
+            .await
             .unwrap_err();
         assert_eq!(
             (err.code(), err.status()),
@@ -1805,46 +1765,45 @@ mod tests {
         assert_eq!(far.expires_in(), Some(MAX_EXPIRES_IN));
     }
 
+    /// A request for `sub` with the given rights and the configured aud/iss.
+    fn request(sub: &str, subscribe: &[&str], publish: &[&str], ttl: Duration) -> TokenRequest {
+        let patterns = |p: &[&str]| p.iter().map(|s| s.to_string()).collect();
+        TokenRequest {
+            sub: sub.to_string(),
+            subscribe: patterns(subscribe),
+            publish: patterns(publish),
+            ttl,
+            audience: None,
+            issuer: None,
+        }
+    }
+
     #[test]
     fn minted_tokens_verify() {
         let cfg = AuthConfig {
             audience: Some("herald".into()),
             ..hs_config()
         };
-        let token = mint_token(
-            &cfg,
-            "alice",
-            &["news/*".to_string()],
-            &["news/*".to_string()],
-            Duration::from_secs(3600),
-        )
-        .expect("mints");
+        let hour = Duration::from_secs(3600);
+        let token = mint(&cfg, &request("alice", &["news/*"], &["news/*"], hour)).expect("mints");
         let claims = authenticator(&cfg).verify(&token).expect("verifies");
         assert_eq!(claims.sub.as_deref(), Some("alice"));
         assert!(claims.can_publish("news/x"));
         let left = claims.expires_in().expect("exp");
         assert!(left > Duration::from_secs(3500));
 
+        let second = Duration::from_secs(1);
         let no_secret = AuthConfig::default();
         assert!(matches!(
-            mint_token(&no_secret, "a", &[], &[], Duration::from_secs(1)),
+            mint(&no_secret, &request("a", &[], &[], second)),
             Err(AuthError::Config(_))
         ));
         let rs_only = AuthConfig {
             algorithms: vec!["RS256".into()],
             ..hs_config()
         };
-        assert!(mint_token(&rs_only, "a", &[], &[], Duration::from_secs(1)).is_err());
-        assert!(
-            mint_token(
-                &cfg,
-                "a",
-                &["bad pattern".into()],
-                &[],
-                Duration::from_secs(1)
-            )
-            .is_err()
-        );
+        assert!(mint(&rs_only, &request("a", &[], &[], second)).is_err());
+        assert!(mint(&cfg, &request("a", &["bad pattern"], &[], second)).is_err());
     }
 
     #[test]
@@ -2013,23 +1972,13 @@ mod tests {
     }
 
     #[test]
-    fn query_token_extraction_and_redaction() {
+    fn query_token_extraction() {
         assert_eq!(
             query_token(Some("channel=a&access_token=t%2Bk")),
             Some("t+k".into())
         );
         assert_eq!(query_token(Some("channel=a")), None);
         assert_eq!(query_token(None), None);
-
-        assert_eq!(
-            redact_query("channel=a&lastEventId=1"),
-            "channel=a&lastEventId=1"
-        );
-        assert!(matches!(redact_query("channel=a"), Cow::Borrowed(_)));
-        let r = redact_query("channel=a&access_token=SECRET&channel=b");
-        assert_eq!(r, "channel=a&access_token=[redacted]&channel=b");
-        let r = redact_query("access%5Ftoken=SECRET&access_token=S2");
-        assert!(!r.contains("SECRET") && !r.contains("S2"), "{r}");
         assert_eq!(query_token(Some("access%5Ftoken=x")), Some("x".into()));
     }
 
@@ -2048,7 +1997,12 @@ mod tests {
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {raw}")) {
                 headers.insert(header::AUTHORIZATION, v);
             }
-            if let Err(e) = auth.authenticate(&headers, Some(&raw)) {
+            // No JWKS is configured, so the future never waits on the network.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime builds without I/O drivers");
+            let found = runtime.block_on(auth.authenticate_with_refresh(&headers, Some(&raw)));
+            if let Err(e) = found {
                 proptest::prop_assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
             }
         }
