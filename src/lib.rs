@@ -8,8 +8,8 @@
 //! - [`hub`]: the broadcast core — channels, rings, events, ids, replay. No HTTP types.
 //! - [`http`]: router assembly, the SSE subscribe stream, publish, health, errors,
 //!   and the connection loop that serves them.
-//! - [`auth`]: JWT verification and channel-pattern rights.
-//! - [`jwks`]: verification keys fetched from a JWKS URL, cached and refreshed.
+//! - [`auth`]: JWT verification (static keys and JWKS), channel-pattern rights,
+//!   and minting.
 //! - [`limits`]: rate and connection limits.
 //! - [`telemetry`]: metric names, the Prometheus recorder, logs and traces.
 //! - [`shutdown`]: the drain signal shared by the listener and every stream.
@@ -20,7 +20,6 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod hub;
-pub mod jwks;
 pub mod limits;
 pub mod shutdown;
 pub mod telemetry;
