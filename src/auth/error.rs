@@ -2,14 +2,12 @@
 //! code clients see and the reason label of `herald_auth_failures_total`.
 //! Nothing here knows about HTTP; the edge maps errors onto statuses.
 
-use axum::http::StatusCode;
-
 use crate::telemetry::metrics::AUTH_FAILURES;
 
 /// Why authentication config or a token was refused.
 ///
-/// Every variant has a stable [`code`](AuthError::code) for the JSON error,
-/// a [`status`](AuthError::status), and a [`reason`](AuthError::reason) for
+/// Every variant has a stable [`code`](AuthError::code) for the JSON error
+/// and a [`reason`](AuthError::reason) for
 /// the `herald_auth_failures_total{reason}` metric. Messages never contain
 /// the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,16 +75,6 @@ impl AuthError {
         }
     }
 
-    /// HTTP status: 401 for token problems, 403 for a missing right, 500 for
-    /// a configuration error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-
     /// Label value of `herald_auth_failures_total{reason}` (a small fixed set).
     pub fn reason(&self) -> &'static str {
         self.code()
@@ -102,33 +90,33 @@ impl AuthError {
 mod tests {
     use super::*;
 
+    /// The statuses these go out with are the edge's business; see the
+    /// integration test `edge::every_auth_error_has_its_status`.
     #[test]
-    fn every_code_and_status() {
+    fn every_code_and_reason() {
         let expect = [
-            (AuthError::AlgNone, "alg_none", 401),
-            (AuthError::AlgNotAllowed, "alg_not_allowed", 401),
-            (AuthError::BadSignature, "bad_signature", 401),
-            (AuthError::Expired, "expired", 401),
-            (AuthError::NotYetValid, "not_yet_valid", 401),
-            (AuthError::BadAudience, "bad_audience", 401),
-            (AuthError::BadIssuer, "bad_issuer", 401),
-            (AuthError::Malformed, "malformed", 401),
-            (AuthError::MissingToken, "missing_token", 401),
-            (AuthError::UnknownKey, "unknown_key", 401),
+            (AuthError::AlgNone, "alg_none"),
+            (AuthError::AlgNotAllowed, "alg_not_allowed"),
+            (AuthError::BadSignature, "bad_signature"),
+            (AuthError::Expired, "expired"),
+            (AuthError::NotYetValid, "not_yet_valid"),
+            (AuthError::BadAudience, "bad_audience"),
+            (AuthError::BadIssuer, "bad_issuer"),
+            (AuthError::Malformed, "malformed"),
+            (AuthError::MissingToken, "missing_token"),
+            (AuthError::UnknownKey, "unknown_key"),
             (
                 AuthError::Forbidden {
                     action: "publish",
                     channel: "x".into(),
                 },
                 "forbidden",
-                403,
             ),
-            (AuthError::Config("x".into()), "auth_config", 500),
+            (AuthError::Config("x".into()), "auth_config"),
         ];
-        for (err, code, status) in expect {
+        for (err, code) in expect {
             assert_eq!(err.code(), code);
             assert_eq!(err.reason(), code);
-            assert_eq!(err.status().as_u16(), status, "{code}");
         }
     }
 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-use super::{AuthConfig, Authenticator, Secret};
+use super::{AuthConfig, AuthError, Authenticator, Secret};
 
 /// The HMAC secret of [`hs_config`], long enough for production rules.
 pub(crate) const SECRET: &str = "a-test-secret-that-is-long-enough-for-prod";
@@ -75,4 +75,10 @@ pub(crate) fn bearer(token: &str) -> HeaderMap {
         HeaderValue::from_str(&format!("Bearer {token}")).expect("ascii token"),
     );
     h
+}
+
+/// True for the errors the edge answers with 401: a token that is missing or
+/// refused, as opposed to a missing right (403) or a config error.
+pub(crate) fn is_token_refusal(e: &AuthError) -> bool {
+    !matches!(e, AuthError::Forbidden { .. } | AuthError::Config(_))
 }

@@ -62,13 +62,23 @@ impl StreamPermit {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        match e.status().as_u16() {
-            401 => ApiError::Unauthorized {
+        // No wildcard: a new variant must choose its status here.
+        match e {
+            AuthError::AlgNone
+            | AuthError::AlgNotAllowed
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::BadAudience
+            | AuthError::BadIssuer
+            | AuthError::Malformed
+            | AuthError::MissingToken
+            | AuthError::UnknownKey => ApiError::Unauthorized {
                 code: e.code(),
                 message: e.to_string(),
             },
-            403 => ApiError::Forbidden(e.to_string()),
-            _ => ApiError::Unavailable {
+            AuthError::Forbidden { .. } => ApiError::Forbidden(e.to_string()),
+            AuthError::Config(_) => ApiError::Unavailable {
                 code: e.code(),
                 message: e.to_string(),
             },

@@ -467,6 +467,50 @@ async fn every_bad_token_is_refused_with_its_reason() {
     server.stop().await;
 }
 
+/// Every auth failure goes out with the status of its kind: 401 (with
+/// `WWW-Authenticate`) for a token that is missing or refused, 403 for a
+/// missing right, 503 for a config error (which validation stops at start,
+/// so no server can be made to answer it), each with its code in the body.
+#[tokio::test]
+async fn every_auth_error_has_its_status() {
+    use axum::response::IntoResponse;
+    use herald::auth::AuthError;
+    use herald::http::error::ApiError;
+
+    let expect = [
+        (AuthError::AlgNone, "alg_none", 401),
+        (AuthError::AlgNotAllowed, "alg_not_allowed", 401),
+        (AuthError::BadSignature, "bad_signature", 401),
+        (AuthError::Expired, "expired", 401),
+        (AuthError::NotYetValid, "not_yet_valid", 401),
+        (AuthError::BadAudience, "bad_audience", 401),
+        (AuthError::BadIssuer, "bad_issuer", 401),
+        (AuthError::Malformed, "malformed", 401),
+        (AuthError::MissingToken, "missing_token", 401),
+        (AuthError::UnknownKey, "unknown_key", 401),
+        (
+            AuthError::Forbidden {
+                action: "publish",
+                channel: "x".into(),
+            },
+            "forbidden",
+            403,
+        ),
+        (AuthError::Config("x".into()), "auth_config", 503),
+    ];
+    for (err, code, status) in expect {
+        let res = ApiError::from(err).into_response();
+        assert_eq!(res.status().as_u16(), status, "{code}");
+        let challenge = res.headers().get("www-authenticate").cloned();
+        assert_eq!(challenge.is_some(), status == 401, "{code}");
+        let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+            .await
+            .expect("an error body is small");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
+        assert_eq!(error_code(&body), code);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs_rs_key_confusion_is_refused() {
     let public_pem = std::fs::read(key("rsa-public.pem")).expect("public key");
