@@ -20,7 +20,9 @@
 //! never use JWKS keys, whatever their `kid`.
 //!
 //! `exp` is required and checked; `nbf` is checked when present; `aud` and
-//! `iss` are required and checked when configured. All time checks allow
+//! `iss` are required and checked when configured. `iss`, when present,
+//! must be a single string, configured or not
+//! ([`Claims::issuer_is_single`]). All time checks allow
 //! [`AuthConfig::leeway_secs`] of clock skew. Error messages never contain
 //! the token.
 //!
@@ -250,9 +252,13 @@ impl Authenticator {
 
 /// Verifies the signature with `key`, then the claims.
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
-    jsonwebtoken::decode::<Claims>(token, key, validation)
+    let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
         .map(|data| data.claims)
-        .map_err(|e| map_jwt_error(e.kind()))
+        .map_err(|e| map_jwt_error(e.kind()))?;
+    if !claims.issuer_is_single() {
+        return Err(AuthError::BadIssuer);
+    }
+    Ok(claims)
 }
 
 /// Builds the validation rules shared by one family's algorithms.
@@ -484,6 +490,49 @@ mod tests {
         // Unconfigured: aud and iss are ignored.
         let plain = authenticator(&hs_config());
         assert!(plain.verify(&base(json!({"aud": "x", "iss": "y"}))).is_ok());
+    }
+
+    #[test]
+    fn an_issuer_list_is_refused_configured_or_not() {
+        const ISS: &str = "https://idp.example";
+        let cfg = AuthConfig {
+            issuer: Some(ISS.into()),
+            ..hs_config()
+        };
+        let configured = authenticator(&cfg);
+        let plain = authenticator(&hs_config());
+        let claims_with_iss = |iss: serde_json::Value| {
+            let mut c = valid_claims();
+            c["iss"] = iss;
+            c
+        };
+        let with_iss = |iss: serde_json::Value| hs(claims_with_iss(iss));
+        let listed = with_iss(json!([ISS]));
+        let mixed = with_iss(json!(["https://evil.example", ISS]));
+        // jsonwebtoken alone accepts a list that holds the issuer.
+        let secret = DecodingKey::from_secret(SECRET.as_bytes());
+        let rules = validation_for(&cfg, &[Algorithm::HS256]);
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&mixed, &secret, &rules).is_ok());
+
+        for auth in [&configured, &plain] {
+            for token in [&listed, &mixed, &with_iss(json!([])), &with_iss(json!(42))] {
+                assert_eq!(auth.verify(token), Err(AuthError::BadIssuer));
+            }
+        }
+        assert!(configured.verify(&with_iss(json!(ISS))).is_ok());
+        assert!(plain.verify(&with_iss(json!("anyone"))).is_ok());
+        assert!(plain.verify(&with_iss(json!(null))).is_ok());
+        assert_eq!(
+            configured.verify(&with_iss(json!(null))),
+            Err(AuthError::BadIssuer)
+        );
+        // The signature comes first: a forged list is a bad signature.
+        let forged = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"not the secret"),
+            &claims_with_iss(json!([ISS])),
+        );
+        assert_eq!(plain.verify(&forged), Err(AuthError::BadSignature));
     }
 
     #[test]

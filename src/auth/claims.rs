@@ -28,7 +28,8 @@ pub struct Rights {
     pub publish: Vec<String>,
 }
 
-/// The verified claims Herald uses. Other claims are ignored.
+/// The verified claims Herald uses. Other claims are ignored, except that
+/// `iss`, when present, must be a single string (see [`Claims::issuer_is_single`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Claims {
     /// The holder, used as the rate-limit key.
@@ -40,9 +41,47 @@ pub struct Claims {
     /// Per-channel rights.
     #[serde(default)]
     pub herald: Rights,
+    /// What `iss` looked like; its value is checked against `auth.issuer`
+    /// by jsonwebtoken, its shape here.
+    #[serde(default, rename = "iss")]
+    issuer: Shape,
+}
+
+/// The JSON shape of a claim whose value Herald does not keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Shape {
+    /// Not there, or `null` (which serde and jsonwebtoken read as absent).
+    #[default]
+    Absent,
+    /// A string.
+    String,
+    /// An array, number, object or boolean.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any value parses, so that a wrong shape is refused as `bad_issuer`
+        // rather than as an unreadable token. Tokens are at most 8 KiB, which
+        // bounds what this reads.
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Shape::Absent,
+            serde_json::Value::String(_) => Shape::String,
+            _ => Shape::Other,
+        })
+    }
 }
 
 impl Claims {
+    /// False when `iss` is present but not a single string. RFC 7519 §4.1.1
+    /// makes `iss` one StringOrURI; jsonwebtoken accepts an array that holds
+    /// the configured issuer among others, and looks at no `iss` at all when
+    /// none is configured. A token whose issuer is a list would mean
+    /// different things to different recipients, so it is refused either way.
+    pub fn issuer_is_single(&self) -> bool {
+        self.issuer != Shape::Other
+    }
+
     /// True when some subscribe pattern matches `channel`.
     pub fn can_subscribe(&self, channel: &str) -> bool {
         matches_any(&self.herald.subscribe, channel)
@@ -85,6 +124,7 @@ fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn now() -> u64 {
         jsonwebtoken::get_current_timestamp()
@@ -109,5 +149,23 @@ mod tests {
             ..Claims::default()
         };
         assert_eq!(far.expires_in(), Some(MAX_EXPIRES_IN));
+    }
+
+    #[test]
+    fn issuer_must_be_one_string_when_present() {
+        let parse = |v: serde_json::Value| -> Claims { serde_json::from_value(v).expect("parses") };
+        assert!(parse(json!({})).issuer_is_single());
+        assert!(parse(json!({"iss": null})).issuer_is_single());
+        assert!(parse(json!({"iss": "https://idp.example"})).issuer_is_single());
+        for bad in [
+            json!(["https://idp.example"]),
+            json!(["https://idp.example", "https://evil.example"]),
+            json!([]),
+            json!(7),
+            json!({"iss": "https://idp.example"}),
+            json!(true),
+        ] {
+            assert!(!parse(json!({"iss": bad})).issuer_is_single(), "{bad}");
+        }
     }
 }

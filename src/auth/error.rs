@@ -33,9 +33,14 @@ pub enum AuthError {
     /// `aud` is missing or does not name this service.
     #[error("the token's audience is not accepted")]
     BadAudience,
-    /// `iss` is missing or is not the configured issuer.
+    /// `iss` is not a single string, or is missing or not the configured
+    /// issuer.
     #[error("the token's issuer is not accepted")]
     BadIssuer,
+    /// The token header has `crit`: it names extensions the recipient must
+    /// understand (RFC 7515 §4.1.11), and Herald understands none.
+    #[error("the token's header lists critical extensions (crit), which are not supported")]
+    UnsupportedCrit,
     /// The token cannot be parsed, or lacks `exp`.
     #[error("the token is malformed")]
     Malformed,
@@ -68,6 +73,7 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::BadAudience => "bad_audience",
             AuthError::BadIssuer => "bad_issuer",
+            AuthError::UnsupportedCrit => "unsupported_crit",
             AuthError::Malformed => "malformed",
             AuthError::MissingToken => "missing_token",
             AuthError::UnknownKey => "unknown_key",
@@ -102,6 +108,7 @@ mod tests {
             (AuthError::NotYetValid, "not_yet_valid"),
             (AuthError::BadAudience, "bad_audience"),
             (AuthError::BadIssuer, "bad_issuer"),
+            (AuthError::UnsupportedCrit, "unsupported_crit"),
             (AuthError::Malformed, "malformed"),
             (AuthError::MissingToken, "missing_token"),
             (AuthError::UnknownKey, "unknown_key"),

@@ -71,6 +71,7 @@ impl From<AuthError> for ApiError {
             | AuthError::NotYetValid
             | AuthError::BadAudience
             | AuthError::BadIssuer
+            | AuthError::UnsupportedCrit
             | AuthError::Malformed
             | AuthError::MissingToken
             | AuthError::UnknownKey => ApiError::Unauthorized {

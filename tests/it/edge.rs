@@ -81,6 +81,14 @@ fn b64url(input: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(input)
 }
 
+/// HS256 with the test servers' secret and a `crit` header member.
+fn critical(claims: &Value, crit: &[&str]) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(crit.iter().map(|c| c.to_string()).collect());
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&header, claims, &key).expect("test token signs")
+}
+
 /// The three dot-separated parts of a JWS.
 fn parts(token: &str) -> (&str, &str, &str) {
     let mut it = token.split('.');
@@ -451,6 +459,18 @@ async fn every_bad_token_is_refused_with_its_reason() {
             "bad_signature",
         ),
         ("garbage", "not.a.jwt".to_string(), "malformed"),
+        (
+            "crit naming a header Herald does not know",
+            critical(&good, &["x-unknown-extension"]),
+            "unsupported_crit",
+        ),
+        (
+            "iss as a list holding the configured issuer",
+            hs(&claims_with(&good, |c| {
+                c.insert("iss".into(), json!([ISS]));
+            })),
+            "bad_issuer",
+        ),
     ];
     for (what, token, code) in &cases {
         let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(token)]).await;
@@ -464,6 +484,73 @@ async fn every_bad_token_is_refused_with_its_reason() {
         assert_eq!(res.status, 401, "publish, {what}: {}", res.body);
         assert_eq!(res.code(), *code, "publish, {what}");
     }
+    server.stop().await;
+}
+
+/// `crit` (RFC 7515 §4.1.11) and an `iss` list (RFC 7519 §4.1.1 makes it
+/// one string) are refused even where no issuer is configured, on both
+/// paths, and counted as auth failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crit_headers_and_issuer_lists_are_refused_without_an_issuer_configured() {
+    let server = TestServer::start_with(with_auth).await;
+    let url = server.url("");
+    let base = claims("alice", &["news/*"], &["news/*"]);
+    let with_iss = |iss: Value| {
+        hs(&claims_with(&base, |c| {
+            c.insert("iss".into(), iss);
+        }))
+    };
+    let failures = |reason: &'static str| {
+        let (http, url) = (server.http.clone(), url.clone());
+        async move {
+            let series = format!("herald_auth_failures_total{{reason=\"{reason}\"}} ");
+            metric(&http, &url, &series).await.unwrap_or(0.0)
+        }
+    };
+    let (crit_before, iss_before) = (
+        failures("unsupported_crit").await,
+        failures("bad_issuer").await,
+    );
+
+    // Controls: a string iss is fine when none is configured.
+    let fine = with_iss(json!("https://anyone.example"));
+    let res = publish(&server.http, &url, "news/a", Some(&fine), json!(1)).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(&fine)]).await;
+    assert_eq!(sub.status, 200, "{}", sub.text());
+
+    let cases = [
+        (critical(&base, &["b64"]), "unsupported_crit"),
+        (
+            critical(&base, &["x-unknown-extension"]),
+            "unsupported_crit",
+        ),
+        (with_iss(json!(["https://anyone.example"])), "bad_issuer"),
+        (
+            with_iss(json!(["https://a.example", "https://b.example"])),
+            "bad_issuer",
+        ),
+    ];
+    for (token, code) in &cases {
+        let res = publish(&server.http, &url, "news/a", Some(token), json!(1)).await;
+        assert_eq!(
+            (res.status, res.code().as_str()),
+            (401, *code),
+            "publish: {}",
+            res.body
+        );
+        let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(token)]).await;
+        assert_eq!(
+            (sub.status, sub.code()),
+            (401, code.to_string()),
+            "subscribe: {}",
+            sub.text()
+        );
+        assert!(!sub.head.contains("text/event-stream"));
+    }
+    // Other tests share the process's recorder, so the counts only grow.
+    assert!(failures("unsupported_crit").await >= crit_before + 4.0);
+    assert!(failures("bad_issuer").await >= iss_before + 4.0);
     server.stop().await;
 }
 
@@ -485,6 +572,7 @@ async fn every_auth_error_has_its_status() {
         (AuthError::NotYetValid, "not_yet_valid", 401),
         (AuthError::BadAudience, "bad_audience", 401),
         (AuthError::BadIssuer, "bad_issuer", 401),
+        (AuthError::UnsupportedCrit, "unsupported_crit", 401),
         (AuthError::Malformed, "malformed", 401),
         (AuthError::MissingToken, "missing_token", 401),
         (AuthError::UnknownKey, "unknown_key", 401),
