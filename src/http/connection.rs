@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use super::head::{self, FirstHead, Prefixed};
 use super::stream_conn;
 use super::watchdog::WatchdogIo;
-use crate::limits::PendingPermit;
+use crate::limits::PendingConnections;
 
 /// Per-connection facts, inserted into each request by the connection loop.
 #[derive(Debug, Clone)]
@@ -104,24 +104,25 @@ pub struct ConnSettings {
     pub write_timeout: Duration,
 }
 
-/// A connection just accepted, with its slot among the peer's pending
-/// connections and the deadline for its first request head.
+/// A connection just accepted, with the deadline for its first request head.
 #[derive(Debug)]
 pub struct Accepted {
     /// The socket.
     pub stream: TcpStream,
     /// The socket peer.
     pub peer: SocketAddr,
-    /// Held until the first request head is complete.
-    pub pending: PendingPermit,
+    /// The per-address counts it joins while it waits for the rest of its
+    /// first request head.
+    pub pending: Arc<PendingConnections>,
     /// When the first request head must be complete (accept time plus the
     /// header timeout).
     pub deadline: Instant,
 }
 
 /// Serves one accepted connection on the path its first request head asks
-/// for. The head is read here, under the one deadline; a connection that is
-/// still without a whole head when the server starts draining is closed.
+/// for. The head is read here, under the one deadline; a connection over
+/// its address's cap of pending connections, or still without a whole head
+/// when the server starts draining, is closed.
 pub async fn serve_connection(
     accepted: Accepted,
     app: Router,
@@ -136,8 +137,10 @@ pub async fn serve_connection(
     } = accepted;
     // Events are small and latency matters: never wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let first = Box::pin(head::read_first_head(&stream, deadline, &shutdown)).await;
-    // The head is complete (or never will be): no longer pending.
+    let first = Box::pin(head::read_first_head(
+        &stream, peer, &pending, deadline, &shutdown,
+    ))
+    .await;
     drop(pending);
     let close = Arc::new(CloseCell::default());
     let info = ConnInfo {

@@ -7,9 +7,13 @@
 //! - **One deadline.** `http.header_read_timeout_secs` bounds the time from
 //!   accept to a complete head, however the bytes trickle in; no path
 //!   restarts it for the first request.
-//! - **No polling.** The socket is read when it is readable and not before:
-//!   an idle or stalled socket costs no CPU and no buffer, and the one
-//!   deadline is the only timer.
+//! - **No polling.** What has arrived is read at once; after that the
+//!   socket is read when it is readable and not before: an idle or stalled
+//!   socket costs no CPU and no buffer, and the one deadline is the only
+//!   timer.
+//! - **A precise pending count.** Only a connection still waiting for the
+//!   rest of its head holds a slot among its address's pending connections
+//!   (`limits.max_pending_per_ip`).
 //! - **One classification for every spelling.** The request line is parsed,
 //!   so `GET /events` in absolute form (`GET http://host/events?...`) or
 //!   after leading empty lines takes the lean stream path too.
@@ -18,8 +22,10 @@
 //! read: to `stream_conn` as the parsed head, or to hyper through
 //! [`Prefixed`], which replays them before reading the socket.
 
-use std::io;
+use std::io::{self, Read as _};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::Uri;
@@ -29,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::PendingConnections;
 use crate::telemetry::metrics::CONNECTIONS_UNSERVED;
 
 /// Most bytes read before the head must be complete: hyper's buffer size on
@@ -76,26 +83,49 @@ impl Unserved {
 
 /// Reads the first request head by `deadline`, or gives up when the peer
 /// closes or `shutdown` is cancelled.
+///
+/// Whatever has already arrived is read at once. Only a connection whose
+/// head is still incomplete then is *pending*: it takes a slot among its
+/// address's pending connections (none left: it is closed at once) and
+/// keeps it while it waits. So a burst of connections that each send a
+/// whole head at once never counts, however far the accept loop runs ahead
+/// of their tasks, while idle and stalled sockets do.
 pub(crate) async fn read_first_head(
     stream: &TcpStream,
+    peer: SocketAddr,
+    pending: &Arc<PendingConnections>,
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> FirstHead {
-    let outcome = tokio::select! {
-        biased;
-        () = shutdown.cancelled() => Err(Unserved::Shutdown),
-        read = tokio::time::timeout_at(deadline, read_head(stream)) => match read {
-            Err(_) => Err(Unserved::HeaderTimeout),
-            Ok(Err(_)) => Err(Unserved::Client),
-            Ok(Ok(buf)) => Ok(buf),
+    let mut head = Head::default();
+    let outcome = match head.read_available(stream) {
+        Err(_) => Err(Unserved::Client),
+        Ok(()) if head.done => Ok(()),
+        Ok(()) => match pending.admit(peer.ip()) {
+            None => {
+                tracing::debug!(
+                    peer = %peer,
+                    "closed a new connection: its address holds too many without a request head"
+                );
+                return FirstHead::Gone;
+            }
+            Some(_waiting) => tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Err(Unserved::Shutdown),
+                read = tokio::time::timeout_at(deadline, head.read_rest(stream)) => match read {
+                    Err(_) => Err(Unserved::HeaderTimeout),
+                    Ok(Err(_)) => Err(Unserved::Client),
+                    Ok(Ok(())) => Ok(()),
+                },
+            },
         },
     };
     match outcome {
-        Ok(buf) => classify(buf),
+        Ok(()) => classify(head.buf),
         Err(reason) => {
             if let Unserved::HeaderTimeout = reason {
                 tracing::debug!(
-                    peer = ?stream.peer_addr().ok(),
+                    peer = %peer,
                     "closing a connection whose request head did not arrive in time"
                 );
             }
@@ -105,27 +135,58 @@ pub(crate) async fn read_first_head(
     }
 }
 
-/// Reads until the head is complete, the bytes cannot be HTTP, or
-/// [`READ_LIMIT`] is reached. Waits for readiness between reads, so a quiet
-/// socket costs nothing; the buffer is allocated only once bytes arrive.
-async fn read_head(stream: &TcpStream) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut scan = Scan::default();
-    loop {
-        stream.readable().await?;
-        let filled = buf.len();
-        buf.resize((filled + READ_CHUNK).min(READ_LIMIT), 0);
-        match stream.try_read(&mut buf[filled..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf.truncate(filled + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(filled);
-                continue;
+/// A first request head being read.
+#[derive(Debug, Default)]
+struct Head {
+    /// Every byte read; allocated only once bytes arrive.
+    buf: Vec<u8>,
+    scan: Scan,
+    /// The head is complete, the bytes cannot be HTTP, or the read limit
+    /// is reached: nothing more to read.
+    done: bool,
+}
+
+impl Head {
+    /// Reads whatever the socket already holds, without waiting. The read
+    /// goes straight to the socket, not through the runtime's readiness,
+    /// which may not have seen a just-accepted socket's bytes yet.
+    fn read_available(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let socket = socket2::SockRef::from(stream);
+        while !self.done {
+            match self.read_with(|buf| (&*socket).read(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                other => other?,
             }
-            Err(e) => return Err(e),
         }
-        if scan.done(&buf) || buf.len() >= READ_LIMIT {
-            return Ok(buf);
+        Ok(())
+    }
+
+    /// Reads until done, waiting for readiness between reads, so a quiet
+    /// socket costs nothing.
+    async fn read_rest(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while !self.done {
+            stream.readable().await?;
+            match self.read_with(|buf| stream.try_read(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One read into the buffer with `read`; an end of stream before the
+    /// head is complete is an error.
+    fn read_with(&mut self, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<()> {
+        let filled = self.buf.len();
+        self.buf.resize((filled + READ_CHUNK).min(READ_LIMIT), 0);
+        let n = read(&mut self.buf[filled..]);
+        self.buf.truncate(filled + *n.as_ref().unwrap_or(&0));
+        match n? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                self.done = self.scan.done(&self.buf) || self.buf.len() >= READ_LIMIT;
+                Ok(())
+            }
         }
     }
 }
@@ -316,6 +377,49 @@ mod tests {
         assert!(!lean("POST /events HTTP/1.1\r\n\r\n"));
         assert!(!lean("GET /healthz HTTP/1.1\r\n\r\n"));
         assert!(!lean("\x16\x03\x01"));
+    }
+
+    /// A connection accepted with `sent` already in its socket.
+    async fn accepted_after(sent: &[u8]) -> (TcpStream, SocketAddr, TcpStream) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        // On loopback the bytes are in the server socket once this returns.
+        client.write_all(sent).await.expect("send");
+        let (server, peer) = listener.accept().await.expect("accept");
+        (server, peer, client)
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_that_must_wait_needs_a_pending_slot() {
+        let pending = Arc::new(PendingConnections::new(1, vec![]));
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let _only_slot = pending.admit(ip).expect("the one slot");
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let stop = CancellationToken::new();
+        let read = |server, peer| {
+            let pending = Arc::clone(&pending);
+            let stop = stop.clone();
+            async move {
+                let first = read_first_head(&server, peer, &pending, far, &stop);
+                tokio::time::timeout(std::time::Duration::from_secs(5), first)
+                    .await
+                    .expect("decided without waiting")
+            }
+        };
+        // A whole head already there is read before the runtime has even
+        // polled the new socket, and takes no slot.
+        let (server, peer, _client) =
+            accepted_after(b"GET /events?channel=a HTTP/1.1\r\n\r\n").await;
+        assert!(matches!(read(server, peer).await, FirstHead::Subscribe(_)));
+        // A partial one must wait, and with no slot left it is refused at once.
+        let (server, peer, _client) = accepted_after(b"GET /ev").await;
+        assert!(matches!(read(server, peer).await, FirstHead::Gone));
+        assert_eq!(pending.of(ip), 1);
     }
 
     #[tokio::test]

@@ -1,8 +1,6 @@
 //! The listening socket: binding it with the configured backlog, and the
 //! accept loop that hands each connection to [`serve_connection`] until the
-//! server starts draining. A peer already holding its cap of connections
-//! without a request head has its new socket closed here, before a task or
-//! a buffer is spent on it.
+//! server starts draining.
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,7 +40,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, BindError> {
 }
 
 /// Accepts connections until `shutdown` is cancelled, serving each as a task
-/// of `tracker`, unless its peer is over its cap of `pending` connections.
+/// of `tracker` that counts in `pending` while it waits for its first head.
 /// Returns when the listener is closed.
 pub async fn accept_until(
     listener: TcpListener,
@@ -60,20 +58,11 @@ pub async fn accept_until(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
-                let Some(pending) = pending.admit(peer.ip()) else {
-                    tracing::debug!(
-                        peer = %peer,
-                        "closed a new connection: its address holds too many without a request head"
-                    );
-                    drop(stream);
-                    continue;
-                };
                 let accepted = Accepted {
                     stream,
                     peer,
-                    pending,
-                    deadline,
+                    pending: Arc::clone(&pending),
+                    deadline: tokio::time::Instant::now() + settings.header_read_timeout,
                 };
                 let app = app.clone();
                 let stop = shutdown.clone();

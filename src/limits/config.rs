@@ -41,8 +41,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// `Retry-After` sent when a concurrent-stream cap refuses a stream.
     pub stream_retry_after_secs: u64,
-    /// Connections per client IP that may be open without having sent a
-    /// whole first request head; past it a new connection is closed at once.
+    /// Connections per client IP that may wait for the rest of their first
+    /// request head (one whose head has fully arrived when it is first read
+    /// never counts); past it a new connection is closed at once.
     /// Keyed on the socket peer (no head, so no `X-Forwarded-For`); peers in
     /// `trusted_proxies` are exempt. `0` disables.
     /// Env `HERALD_LIMITS__MAX_PENDING_PER_IP`.

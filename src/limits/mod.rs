@@ -11,7 +11,7 @@
 //! | `streams_per_ip`      | concurrent SSE streams per client IP               | counter, [`StreamPermit`] |
 //! | `streams_per_subject` | concurrent SSE streams per token subject           | counter, [`StreamPermit`] |
 //! | `connections`         | concurrent SSE streams in total                    | counter, [`StreamPermit`] |
-//! | `pending_per_ip`      | connections per client IP without a whole first request head | counter, [`PendingPermit`] |
+//! | `pending_per_ip`      | connections per client IP waiting for the rest of their first request head | counter, [`PendingPermit`] |
 //!
 //! A rate or count of `0` in config turns that limit off. A connection over
 //! `pending_per_ip` has no request to answer: it is closed at once.

@@ -1,8 +1,9 @@
-//! Connections that have not yet sent a whole first request head, counted
+//! Connections waiting for the rest of their first request head, counted
 //! per client IP. Such a socket costs a file descriptor and a task while
 //! proving nothing, so one client could otherwise hold every descriptor the
-//! process has (slowloris). The count is taken at accept and given back as
-//! soon as the head is complete; a client over its cap has its new socket
+//! process has (slowloris). A connection joins the count when what it sent
+//! by the time it is first read is not a whole head, and leaves it as soon
+//! as the head is complete; a client over its cap has that connection
 //! closed at once.
 
 use std::net::IpAddr;
@@ -32,7 +33,9 @@ pub struct PendingConnections {
 }
 
 impl PendingConnections {
-    pub(super) fn new(max_per_ip: usize, exempt: Vec<IpNet>) -> Self {
+    /// Counts with a cap of `max_per_ip` (`0`: none) for every peer outside
+    /// `exempt`.
+    pub fn new(max_per_ip: usize, exempt: Vec<IpNet>) -> Self {
         Self {
             per_ip: DashMap::new(),
             max_per_ip,
@@ -41,9 +44,9 @@ impl PendingConnections {
         }
     }
 
-    /// Counts a just-accepted connection from `peer` as pending, or refuses
-    /// it (counted in `herald_rate_limited_total{limit="pending_per_ip"}`)
-    /// when the peer already holds its cap of them.
+    /// Counts a connection from `peer` as pending, or refuses it (counted in
+    /// `herald_rate_limited_total{limit="pending_per_ip"}`) when the peer
+    /// already holds its cap of them.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<PendingPermit> {
         let mut permit = PendingPermit {
             counters: Arc::clone(self),

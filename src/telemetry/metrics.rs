@@ -16,7 +16,7 @@ pub const CONNECTIONS: &str = "herald_connections";
 pub const CONNECTIONS_OPENED: &str = "herald_connections_opened_total";
 /// SSE connections closed, by `reason` (counter).
 pub const CONNECTIONS_CLOSED: &str = "herald_connections_closed_total";
-/// Connections accepted that have not yet sent a whole first request head (gauge).
+/// Connections waiting for the rest of their first request head (gauge).
 pub const PENDING_CONNECTIONS: &str = "herald_connections_pending";
 /// Connections closed before a whole first request head, by `reason` =
 /// `header_timeout` | `shutdown` | `client` (counter).
@@ -117,7 +117,7 @@ fn describe() {
     describe_counter!(CONNECTIONS_CLOSED, "SSE connections closed, by reason");
     describe_gauge!(
         PENDING_CONNECTIONS,
-        "Connections accepted that have not yet sent a whole first request head"
+        "Connections waiting for the rest of their first request head"
     );
     describe_counter!(
         CONNECTIONS_UNSERVED,
