@@ -2,7 +2,7 @@
 //! from accept, before either connection path sees it.
 //!
 //! Reading the head here, rather than peeking at a prefix and letting each
-//! path read it again, gives three things:
+//! path read it again, gives four things:
 //!
 //! - **One deadline.** `http.header_read_timeout_secs` bounds the time from
 //!   accept to a complete head, however the bytes trickle in; no path
