@@ -87,6 +87,22 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
     }
 }
 
+/// Polls `/metrics` until the sample starting with `prefix` equals `want`.
+async fn wait_for_metric(http: &reqwest::Client, base: &str, prefix: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = metric(http, base, prefix).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{prefix}: {got:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_from_one_address_leave_service_to_others() {
     const IDLE: usize = 3000;
@@ -116,18 +132,7 @@ async fn idle_sockets_from_one_address_leave_service_to_others() {
     }
     // Every socket past the cap is refused as soon as it is accepted.
     let refused_metric = "herald_rate_limited_total{limit=\"pending_per_ip\"}";
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let refused = metric(&other, &base, refused_metric).await;
-        if refused == Some((IDLE - CAP) as f64) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "refused so far: {refused:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_metric(&other, &base, refused_metric, (IDLE - CAP) as f64).await;
     assert_eq!(
         metric(&other, &base, "herald_connections_pending ").await,
         Some(CAP as f64)
@@ -143,27 +148,41 @@ async fn idle_sockets_from_one_address_leave_service_to_others() {
     .expect("/healthz request");
     assert_eq!(health.status(), 200);
 
-    // A new socket from the capped address is closed without an answer...
-    let mut refused = raw_get(addr, "/healthz", "").await;
+    // One more idle socket from the capped address is closed unanswered...
+    let mut refused = TcpStream::connect(addr).await.expect("connect");
     let (bytes, eof) = read_until_eof(&mut refused, WAIT).await;
-    assert!(
-        eof && bytes.is_empty(),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    // ...until one of its pending sockets completes a head, which frees a slot.
+    assert!(eof && bytes.is_empty(), "{bytes:?}");
+    wait_for_metric(&other, &base, refused_metric, (IDLE - CAP + 1) as f64).await;
+    // ...until one of its pending sockets completes a head, which frees a
+    // slot for the next one.
     let first = &mut idle[0];
     first
         .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .expect("complete a head");
     assert!(response_head(first).await.starts_with("HTTP/1.1 200"));
-    let mut admitted = raw_get(addr, "/healthz", "Connection: close\r\n").await;
-    let (bytes, _) = read_until_eof(&mut admitted, WAIT).await;
+    wait_for_metric(
+        &other,
+        &base,
+        "herald_connections_pending ",
+        (CAP - 1) as f64,
+    )
+    .await;
+    let mut admitted = TcpStream::connect(addr).await.expect("connect");
+    wait_for_metric(&other, &base, "herald_connections_pending ", CAP as f64).await;
+    admitted
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send a head");
     assert!(
-        String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
+        response_head(&mut admitted)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert_eq!(
+        metric(&other, &base, refused_metric).await,
+        Some((IDLE - CAP + 1) as f64),
+        "the socket that got the freed slot was not refused"
     );
     drop(idle);
     let _ = server.child.start_kill();
@@ -343,29 +362,38 @@ async fn a_burst_of_whole_heads_is_never_refused_as_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_not_pending_and_time_out() {
     // With a cap of one, a kept-alive connection waiting for its next request
-    // must not count: the same address still gets a new connection served.
-    let server = TestServer::start_with(|c| {
-        c.limits.max_pending_per_ip = 1;
-        c.http.header_read_timeout_secs = 2;
-    })
+    // must not count: a new connection from the same address that has to
+    // wait for its head still gets the one slot.
+    let server = ServerProcess::spawn(
+        &[],
+        &[
+            ("HERALD_LIMITS__MAX_PENDING_PER_IP", "1"),
+            ("HERALD_HTTP__HEADER_READ_TIMEOUT_SECS", "2"),
+        ],
+    )
     .await;
-    let mut kept = raw_get(server.addr, "/healthz", "").await;
+    let (addr, base, other) = (server.addr, server.url(""), other_client());
+    let mut kept = raw_get(addr, "/healthz", "").await;
     let first = read_until_count(&mut kept, b"\"ok\"", 1, WAIT).await;
     assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
-    let mut next = raw_get(server.addr, "/healthz", "Connection: close\r\n").await;
-    let (bytes, _) = read_until_eof(&mut next, WAIT).await;
-    assert!(
-        String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
+    let mut next = TcpStream::connect(addr).await.expect("connect");
+    wait_for_metric(&other, &base, "herald_connections_pending ", 1.0).await;
+    let refused = "herald_rate_limited_total{limit=\"pending_per_ip\"}";
+    assert_eq!(
+        metric(&other, &base, refused).await,
+        None,
+        "nothing refused"
     );
+    next.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send the head");
+    assert!(response_head(&mut next).await.starts_with("HTTP/1.1 200"));
     // An idle keep-alive connection still holds a descriptor, so it is
     // closed once it has waited the header timeout for a next request.
     let started = Instant::now();
     let (_, eof) = read_until_eof(&mut kept, WAIT).await;
     assert!(eof, "an idle keep-alive connection stayed open");
     assert!(started.elapsed() >= Duration::from_secs(1));
-    server.stop().await;
 }
 
 /// POSTs `body` (sent as is, as JSON) to `path`; returns status and JSON body.
