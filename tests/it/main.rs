@@ -10,4 +10,5 @@ mod edge;
 mod jwks;
 mod otlp;
 mod prometheus;
+mod redis;
 mod request_id;
