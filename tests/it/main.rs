@@ -9,3 +9,4 @@ mod edge;
 mod jwks;
 mod otlp;
 mod prometheus;
+mod request_id;
