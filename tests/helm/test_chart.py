@@ -308,13 +308,15 @@ class Herald:
 
     @staticmethod
     def get(port: int, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", path)
             res = conn.getresponse()
             return res.status, res.read().decode(errors="replace")
         except OSError as err:
             return 0, str(err)
+        finally:
+            conn.close()
 
     def close(self) -> None:
         if self.proc.poll() is None:
