@@ -12,7 +12,8 @@
 #   - the process runs as 65532:65532 and answers /readyz with 200;
 #   - `herald token` (found on the image's PATH, as `kubectl exec` would)
 #     mints a token, and one publish reaches an open SSE stream with its id;
-#   - process metrics work (/proc is mounted, as every runtime does);
+#   - process metrics and the memory limit gauge work (/proc is mounted, as
+#     every runtime does);
 #   - the CA bundle at /etc/ssl/certs/ca-certificates.crt is what the JWKS
 #     client trusts: a JWKS served over https by a test CA that the bundle
 #     holds is fetched; one served by a CA it does not hold is refused.
@@ -257,6 +258,7 @@ TOKEN=$("${PREFIX[@]}" herald token --config "$CONFIG_PATH" \
 [[ $TOKEN == *.*.* ]] || die "herald token printed '$TOKEN', not a JWT"
 
 STREAM="$WORK/stream.txt"
+: >"$STREAM"
 curl -sN --max-time "$WAIT_SECS" -H "Authorization: Bearer $TOKEN" \
   "http://127.0.0.1:$PORT/events?channel=$CHANNEL" >"$STREAM" &
 PIDS+=("$!")
@@ -273,6 +275,9 @@ log "publish -> subscribe round trip: event $ID delivered"
 
 metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics") || die "/metrics failed"
 grep -q '^process_resident_memory_bytes ' <<<"$metrics" || die "no process_resident_memory_bytes in /metrics"
+# The memory alert and panel divide by it; it is read from /proc and cgroups.
+grep -q '^herald_memory_limit_bytes{source="[a-z]*"} [1-9]' <<<"$metrics" ||
+  die "no herald_memory_limit_bytes in /metrics"
 stop_server
 
 # --- 2. the CA bundle: JWKS over https ---------------------------------------------
