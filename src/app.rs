@@ -65,7 +65,6 @@ pub async fn run(
         config.http.clone(),
         config.sse.clone(),
         &telemetry.channel_label_allowlist,
-        shutdown.clone(),
         metrics.clone(),
     ));
     let admin = telemetry.admin_listen.filter(|_| telemetry.metrics_enabled);
@@ -112,16 +111,25 @@ pub async fn run(
     };
     accept_until(listener, app, settings, &tracker, &shutdown).await;
 
-    state.start_draining();
+    // Refuse new work, let admitted publishes finish, then let every stream
+    // write out everything up to the final head before it ends.
+    state.drain.close();
     tracing::info!(open_connections = tracker.len(), "draining");
     tracker.close();
-    let hub_tasks = state.hub.tasks();
-    hub_tasks.close();
-    let drained = async { tokio::join!(tracker.wait(), hub_tasks.wait()) };
-    if tokio::time::timeout(config.shutdown.grace(), drained)
+    let deadline = tokio::time::Instant::now() + config.shutdown.grace();
+    if tokio::time::timeout_at(deadline, state.drain.settled())
         .await
         .is_err()
     {
+        tracing::warn!("publishes still running at the end of the grace period");
+    }
+    let head = state.hub.head();
+    tracing::info!(final_head = %head, "publishes settled; streams deliver up to the final head");
+    state.drain.release_streams(head.seq);
+    let hub_tasks = state.hub.tasks();
+    hub_tasks.close();
+    let drained = async { tokio::join!(tracker.wait(), hub_tasks.wait()) };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!(
             remaining = tracker.len(),
             "grace period over; closing remaining connections"

@@ -13,7 +13,8 @@
 //!   across replicas.
 //! - [`http`]: routing, the two connection paths, the handlers, and the one
 //!   place errors become responses.
-//! - [`auth`]: JWT verification, channel-pattern rights, token minting.
+//! - [`auth`]: JWT verification (PEM keys, HMAC secret, JWKS), channel-pattern
+//!   rights, token minting.
 //! - [`limits`]: rate and connection limits.
 //! - [`telemetry`]: metric names, the Prometheus recorder, logs and traces.
 //! - [`shutdown`]: the drain signal shared by the listener and every stream.
@@ -24,7 +25,6 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
-pub mod jwks;
 pub mod limits;
 pub mod shutdown;
 pub mod telemetry;

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(herald::auth::run_token_command(&config, args))
+            report(herald::auth::run_token_command(&config.auth, args))
         }
         None | Some(Command::Serve) => {
             let config = match load(cli.config) {

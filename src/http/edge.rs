@@ -86,7 +86,7 @@ impl Edge {
     }
 
     /// The JWKS key cache, when `auth.jwks_url` is set.
-    pub fn jwks(&self) -> Option<Arc<crate::jwks::JwksCache>> {
+    pub fn jwks(&self) -> Option<Arc<crate::auth::JwksCache>> {
         self.auth.jwks().cloned()
     }
 

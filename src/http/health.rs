@@ -18,7 +18,7 @@ pub async fn get_health() -> Response {
 
 /// `GET /readyz`: 200 while accepting work, 503 while draining.
 pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_draining() {
+    if state.drain.is_closing() {
         return ApiError::draining().into_response();
     }
     Json(json!({ "status": "ready", "broker": "memory", "epoch": state.hub.epoch().to_string() }))
@@ -27,6 +27,9 @@ pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus exposition text.
 pub async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Gauges that are cheaper to read at scrape time than to keep current.
+    metrics::gauge!(crate::telemetry::metrics::HISTORY_BYTES)
+        .set(state.hub.retained_bytes() as f64);
     match &state.metrics {
         Some(handle) => (
             [(

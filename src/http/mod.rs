@@ -32,11 +32,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::hub::Hub;
+use crate::shutdown::Drain;
 use crate::telemetry::metrics as m;
 use config::{HttpConfig, SseConfig};
 use cors::CorsConfig;
@@ -51,8 +51,8 @@ pub struct AppState {
     pub http: HttpConfig,
     /// `[sse]` settings.
     pub sse: SseConfig,
-    /// Cancelled when the server starts draining.
-    pub shutdown: CancellationToken,
+    /// The drain: refuses new work, then lets streams wind down.
+    pub drain: Drain,
     /// Renders `/metrics`; `None` when metrics are off on this listener.
     pub metrics: Option<PrometheusHandle>,
     /// Authentication and limits.
@@ -61,9 +61,6 @@ pub struct AppState {
     pub sse_metrics: SseMetrics,
     /// Channels that may appear as a metric label (operator allowlist).
     pub channel_labels: std::collections::HashSet<String>,
-    /// Set as soon as the accept loop stops; the one answer to "are we
-    /// draining?" for handlers, readiness and every stream wake-up.
-    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Metric handles for the per-batch path (no registry lookup per write).
@@ -92,7 +89,6 @@ impl AppState {
         http: HttpConfig,
         sse: SseConfig,
         channel_labels: &[String],
-        shutdown: CancellationToken,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         Self {
@@ -101,22 +97,10 @@ impl AppState {
             hub,
             http,
             sse,
-            shutdown,
+            drain: Drain::default(),
             metrics,
             sse_metrics: SseMetrics::new(),
-            draining: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Whether the server has started draining (cheap: one relaxed load).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Marks the server as draining.
-    pub fn start_draining(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -48,9 +48,10 @@ pub async fn publish_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if state.is_draining() {
+    // Held to the end: the drain waits for admitted publishes to finish.
+    let Some(_admitted) = state.drain.begin_publish() else {
         return Err(ApiError::draining());
-    }
+    };
     let (channel, batch) = if let Some(c) = path.strip_suffix("/events/batch") {
         (c, true)
     } else if let Some(c) = path.strip_suffix("/events") {

@@ -23,7 +23,7 @@ use super::connection::{CloseCell, CloseReason, ConnInfo};
 use super::edge::Identity;
 use super::error::ApiError;
 use crate::hub::frame::{HEARTBEAT, retry_frame, token_expired_frame};
-use crate::hub::{Resume, Subscription};
+use crate::hub::{Batch, Resume, Subscription};
 use crate::telemetry::metrics as m;
 
 /// One batch in this many per stream records its fan-out latency (the
@@ -82,7 +82,7 @@ pub async fn subscribe_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    if state.is_draining() {
+    if state.drain.is_closing() {
         return Err(ApiError::draining());
     }
     let query = SubscribeQuery::parse(raw.as_deref(), state.sse.max_channels_per_connection)?;
@@ -124,7 +124,7 @@ pub async fn subscribe_events(
         preamble: Some(preamble),
         timer: tokio::time::sleep_until(first_wake),
         expires_at,
-        shutdown: state.shutdown.clone().cancelled_owned(),
+        released: state.drain.released(),
         done: false,
         batches: 0,
         guard: StreamGuard {
@@ -187,7 +187,7 @@ pin_project! {
         timer: Sleep,
         expires_at: Option<Instant>,
         #[pin]
-        shutdown: WaitForCancellationFutureOwned,
+        released: WaitForCancellationFutureOwned,
         done: bool,
         batches: u32,
         guard: StreamGuard,
@@ -201,6 +201,28 @@ fn end_for_shutdown(done: &mut bool, guard: &mut StreamGuard) -> Frame<Bytes> {
     guard.reason = CloseReason::Shutdown;
     let max = guard.state.sse.shutdown_retry_max_ms.max(1000);
     Frame::data(retry_frame(fastrand::u64(max / 5..=max)))
+}
+
+/// Counts a delivered batch: events, sampled fan-out latency, and a fan-out
+/// span when traces are on.
+fn record_delivery(state: &AppState, batches: &mut u32, batch: &Batch) {
+    let shared = &state.sse_metrics;
+    shared.delivered.increment(batch.events as u64);
+    // Latency is sampled: one batch in LATENCY_SAMPLE_EVERY per stream,
+    // which keeps the clock read and histogram push off most writes while
+    // still covering every subscriber.
+    *batches = batches.wrapping_add(1);
+    if *batches % LATENCY_SAMPLE_EVERY == 1
+        && let Some(oldest) = batch.oldest
+    {
+        shared.latency.record(oldest.elapsed().as_secs_f64());
+    }
+    // At most one span per batch, and none unless traces are on.
+    if crate::telemetry::trace::enabled()
+        && let Some(publish) = &batch.trace
+    {
+        let _fanout = crate::telemetry::trace::fanout_span(publish, batch.events);
+    }
 }
 
 impl http_body::Body for SseBody {
@@ -218,12 +240,6 @@ impl http_body::Body for SseBody {
         if let Some(first) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        // Draining is seen on every wake through one relaxed load; the
-        // shutdown future itself is polled on the idle path below, where it
-        // registers the wake-up.
-        if this.guard.state.is_draining() {
-            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
-        }
         // Only streams with an expiring credential read the clock here.
         if this.expires_at.is_some_and(|e| e <= Instant::now()) {
             *this.done = true;
@@ -231,30 +247,26 @@ impl http_body::Body for SseBody {
             let frame = token_expired_frame(this.guard.state.sse.retry_ms);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
+        // Once the drain releases streams, each writes out every event up
+        // to the final head (all that got a 202), then ends.
+        let end = this.guard.state.drain.stream_end();
+        if end.is_some_and(|head| this.sub.position() >= head) {
+            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
+        }
         if let Poll::Ready(batch) = this.sub.poll_batch(cx) {
             if batch.events > 0 {
-                let shared = &this.guard.state.sse_metrics;
-                shared.delivered.increment(batch.events as u64);
-                // Latency is sampled: one batch in LATENCY_SAMPLE_EVERY per
-                // stream, which keeps the clock read and histogram push off
-                // most writes while still covering every subscriber.
-                *this.batches = this.batches.wrapping_add(1);
-                if *this.batches % LATENCY_SAMPLE_EVERY == 1
-                    && let Some(oldest) = batch.oldest
-                {
-                    shared.latency.record(oldest.elapsed().as_secs_f64());
-                }
-                // At most one span per batch, and none unless traces are on.
-                if crate::telemetry::trace::enabled()
-                    && let Some(publish) = &batch.trace
-                {
-                    let _fanout = crate::telemetry::trace::fanout_span(publish, batch.events);
-                }
+                record_delivery(&this.guard.state, this.batches, &batch);
             }
             return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if end.is_some() {
+            // Nothing left to write: caught up with the final head.
             return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
+        }
+        if this.released.as_mut().poll(cx).is_ready() {
+            // Come straight back: the branch above now knows the final head.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         if this.timer.as_mut().poll(cx).is_ready() {
             if this.expires_at.is_some_and(|e| e <= Instant::now()) {

@@ -20,6 +20,11 @@ pub struct HubConfig {
     pub max_event_type_len: usize,
     /// Reaped channels remembered so a late resume still gets a reset.
     pub max_tombstones: usize,
+    /// Budget for all retained history together, in bytes (each event
+    /// counts its SSE frame plus about 100 bytes). Past it, the oldest
+    /// events across channels are evicted first. Env
+    /// `HERALD_HUB__MAX_MEMORY_BYTES`.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -32,6 +37,7 @@ impl Default for HubConfig {
             max_channel_name_len: 128,
             max_event_type_len: 64,
             max_tombstones: 100_000,
+            max_memory_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +72,10 @@ impl HubConfig {
         range("max_channels", self.max_channels, 1, u64::MAX)?;
         range("max_event_bytes", self.max_event_bytes, 1, u64::MAX)?;
         range("max_channel_name_len", self.max_channel_name_len, 1, 1024)?;
+        // Room for at least a few of the largest events (whose frames can be
+        // up to 7 times their data: every newline becomes "\ndata: ").
+        let least = (8 * self.max_event_bytes as u64).max(1 << 20);
+        range("max_memory_bytes", self.max_memory_bytes, least, u64::MAX)?;
         Ok(())
     }
 }

@@ -78,6 +78,11 @@ pub(crate) fn put_fields(
     buf.put_u8(b'\n');
 }
 
+/// Appends `s` as a JSON string literal.
+pub(crate) fn put_json_string(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
+}
+
 /// A `retry:` hint: the client's reconnect delay, in milliseconds.
 pub fn retry_frame(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod bounds;
 mod core;
 mod edge;
 mod jwks;
