@@ -18,6 +18,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 missing=()
 have promtool || missing+=(prometheus)
 have redis-server || missing+=(redis-server)
+# The container image test: buildah builds the image, openssl makes test CAs,
+# curl talks to the server inside it.
+have buildah || missing+=(buildah)
+have openssl || missing+=(openssl)
+have curl || missing+=(curl)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ! have node; then
   missing+=(nodejs npm)
@@ -87,6 +93,22 @@ if [[ -f tests/helm/test_chart.py ]]; then
   fi
   step "python3 tests/helm/test_chart.py"
   python3 tests/helm/test_chart.py
+fi
+
+# --- Container image: the runtime layout, built with buildah and run --------
+# Needs root for chroot, mount and buildah's storage. Builds the release
+# binary first (as the invoking user), as the Dockerfile's builder stage does.
+if [[ -f tests/image/test_image.sh ]]; then
+  step "tests/image/test_image.sh"
+  if [[ $(id -u) -eq 0 ]]; then
+    tests/image/test_image.sh
+  else
+    have sudo || die "tests/image/test_image.sh needs root (chroot, mount, buildah): run as root or install sudo"
+    cargo build --release --locked -p herald --bin herald
+    target_dir=$(cargo metadata --format-version 1 --no-deps |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    sudo HERALD_BIN="$target_dir/release/herald" tests/image/test_image.sh
+  fi
 fi
 
 step "cargo test --all-targets"
