@@ -7,5 +7,6 @@ mod common;
 mod core;
 mod edge;
 mod jwks;
+mod openapi;
 mod otlp;
 mod prometheus;
