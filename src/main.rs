@@ -31,14 +31,11 @@ enum Command {
     },
     /// Mint a token signed with the configured HS key.
     Token(herald::auth::TokenArgs),
-    /// Load-test a running Herald.
-    Bench(herald::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Bench(args)) => report(herald::bench::run(args)),
         Some(Command::CheckConfig { file }) => match Config::load(Some(&file), std::env::vars()) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -85,7 +82,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let telemetry =
             herald::telemetry::trace::init(&config.telemetry).context("cannot start telemetry")?;
-        let listener = herald::http::server::bind(config.listen, config.http.backlog)?;
+        let listener = herald::bind(config.listen, config.http.backlog)?;
         let shutdown = herald::shutdown::on_signal();
         let result = herald::run(config, listener, shutdown).await;
         telemetry.shutdown();

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Extension;
@@ -19,9 +18,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::AppState;
+use super::connection::{CloseCell, CloseReason, ConnInfo};
 use super::edge::Identity;
 use super::error::ApiError;
-use super::{AppState, ConnInfo};
+use crate::hub::frame::{HEARTBEAT, retry_frame, token_expired_frame};
 use crate::hub::{Resume, Subscription};
 use crate::telemetry::metrics as m;
 
@@ -73,66 +74,6 @@ impl SubscribeQuery {
     }
 }
 
-/// Why a stream ended, for `herald_connections_closed_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CloseReason {
-    /// Not decided yet.
-    Open = 0,
-    /// The client went away.
-    Client = 1,
-    /// The server is draining.
-    Shutdown = 2,
-    /// The credential expired mid-stream.
-    TokenExpired = 3,
-    /// The socket accepted no bytes within the write timeout.
-    WriteTimeout = 4,
-    /// The connection failed.
-    Error = 5,
-}
-
-impl CloseReason {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Client,
-            2 => Self::Shutdown,
-            3 => Self::TokenExpired,
-            4 => Self::WriteTimeout,
-            5 => Self::Error,
-            _ => Self::Open,
-        }
-    }
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open | Self::Client => "client",
-            Self::Shutdown => "shutdown",
-            Self::TokenExpired => "token_expired",
-            Self::WriteTimeout => "write_timeout",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// Shared between a connection's IO watchdog and its stream, so the stream
-/// can report why the connection closed.
-#[derive(Debug, Default)]
-pub struct CloseCell(AtomicU8);
-
-impl CloseCell {
-    /// Records a reason unless one is already set.
-    pub fn set(&self, reason: CloseReason) {
-        let _ = self
-            .0
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-    }
-    /// The recorded reason.
-    pub fn get(&self) -> CloseReason {
-        CloseReason::from_u8(self.0.load(Ordering::Acquire))
-    }
-}
-
 /// `GET /events?channel=NAME[&channel=...]`.
 pub async fn subscribe_events(
     State(state): State<Arc<AppState>>,
@@ -142,13 +83,9 @@ pub async fn subscribe_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     if state.is_draining() {
-        return Err(ApiError::Unavailable {
-            code: "draining",
-            message: "the server is shutting down".into(),
-        });
+        return Err(ApiError::draining());
     }
-    let query =
-        SubscribeQuery::parse(raw.as_deref(), state.config.sse.max_channels_per_connection)?;
+    let query = SubscribeQuery::parse(raw.as_deref(), state.sse.max_channels_per_connection)?;
     for channel in &query.channels {
         state.hub.validate_channel(channel)?;
     }
@@ -177,8 +114,8 @@ pub async fn subscribe_events(
     tracing::debug!(parent: &span, peer = %conn.peer, "stream opened");
     metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
-    let sse = &state.config.sse;
-    let preamble = Bytes::from(format!("retry: {}\n\n", sse.retry_ms));
+    let sse = &state.sse;
+    let preamble = retry_frame(sse.retry_ms);
     let expires_at = permit.expires_at();
     let next_heartbeat = Instant::now() + sse.heartbeat();
     let first_wake = expires_at.map_or(next_heartbeat, |e| e.min(next_heartbeat));
@@ -262,9 +199,8 @@ pin_project! {
 fn end_for_shutdown(done: &mut bool, guard: &mut StreamGuard) -> Frame<Bytes> {
     *done = true;
     guard.reason = CloseReason::Shutdown;
-    let max = guard.state.config.sse.shutdown_retry_max_ms.max(1000);
-    let retry = fastrand::u64(max / 5..=max);
-    Frame::data(Bytes::from(format!("retry: {retry}\n\n")))
+    let max = guard.state.sse.shutdown_retry_max_ms.max(1000);
+    Frame::data(retry_frame(fastrand::u64(max / 5..=max)))
 }
 
 impl http_body::Body for SseBody {
@@ -292,11 +228,8 @@ impl http_body::Body for SseBody {
         if this.expires_at.is_some_and(|e| e <= Instant::now()) {
             *this.done = true;
             this.guard.reason = CloseReason::TokenExpired;
-            let retry = this.guard.state.config.sse.retry_ms;
-            let frame = format!(
-                "event: herald.token_expired\ndata: {{\"reason\":\"token_expired\",\"message\":\"refresh the token and reconnect\"}}\n\nretry: {retry}\n\n"
-            );
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
+            let frame = token_expired_frame(this.guard.state.sse.retry_ms);
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if let Poll::Ready(batch) = this.sub.poll_batch(cx) {
             if batch.events > 0 {
@@ -329,14 +262,12 @@ impl http_body::Body for SseBody {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let next_heartbeat = Instant::now() + this.guard.state.config.sse.heartbeat();
+            let next_heartbeat = Instant::now() + this.guard.state.sse.heartbeat();
             this.timer.as_mut().reset(
                 this.expires_at
                     .map_or(next_heartbeat, |e| e.min(next_heartbeat)),
             );
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                b": heartbeat\n\n",
-            )))));
+            return Poll::Ready(Some(Ok(Frame::data(HEARTBEAT))));
         }
         Poll::Pending
     }

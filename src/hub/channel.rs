@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use super::event::Event;
 
@@ -115,7 +116,8 @@ impl Channel {
     /// publish after a quiet window wakes them at once, later ones are
     /// gathered into one deferred wake-up at the end of the window, so each
     /// subscriber writes them in one batch.
-    pub(crate) fn wake(self: &Arc<Self>, now_ms: u64, window_ms: u64) {
+    /// A deferred wake-up runs as a task of `tasks`, so a drain waits for it.
+    pub(crate) fn wake(self: &Arc<Self>, now_ms: u64, window_ms: u64, tasks: &TaskTracker) {
         if window_ms == 0 {
             self.notify.notify_waiters();
             return;
@@ -132,7 +134,7 @@ impl Channel {
         }
         let channel = Arc::clone(self);
         let delay = (last + window_ms).saturating_sub(now_ms).max(1);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             channel
                 .last_wake_ms

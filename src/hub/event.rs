@@ -1,6 +1,6 @@
-//! Events and their SSE wire frames. Each event is encoded once, at publish
-//! time, into `Bytes` that every subscriber shares; fan-out adds only a
-//! reference count.
+//! Events. Each event is encoded once, at publish time, into an SSE frame
+//! (`Bytes`, built by [`super::frame`]) that every subscriber shares;
+//! fan-out adds only a reference count.
 
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::frame::put_fields;
 use super::id::EventId;
 
 /// Room reserved in front of an encoded frame for its `id:` line, which is
@@ -128,56 +129,6 @@ impl Event {
 
 fn push_json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
-}
-
-/// Writes `data` as one `data:` line per line of input. CR, LF and CRLF all
-/// end a line, as the SSE parser treats them, so no payload can start a new
-/// field or event.
-pub fn put_data_lines(buf: &mut BytesMut, data: &str) {
-    let bytes = data.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' | b'\r' => {
-                buf.put_slice(b"data: ");
-                buf.put_slice(&bytes[start..i]);
-                buf.put_u8(b'\n');
-                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    buf.put_slice(b"data: ");
-    buf.put_slice(&bytes[start..]);
-    buf.put_u8(b'\n');
-}
-
-/// Builds a standalone SSE frame with the given fields (used for resets).
-pub fn control_frame(id: Option<EventId>, event_type: &str, data: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(data.len() + 64);
-    put_fields(&mut buf, id, Some(event_type), data);
-    buf.freeze()
-}
-
-/// Writes one whole SSE event: the optional `id:` and `event:` lines, the
-/// `data:` lines and the blank line that dispatches it. Every frame Herald
-/// sends is built here.
-fn put_fields(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&str>, data: &str) {
-    if let Some(id) = id {
-        buf.put_slice(format!("id: {id}\n").as_bytes());
-    }
-    if let Some(t) = event_type {
-        buf.put_slice(b"event: ");
-        buf.put_slice(t.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    put_data_lines(buf, data);
-    buf.put_u8(b'\n');
 }
 
 #[cfg(test)]

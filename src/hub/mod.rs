@@ -13,7 +13,9 @@
 //! still on its way into a ring.
 
 pub mod channel;
+pub mod config;
 pub mod event;
+pub mod frame;
 pub mod id;
 pub mod subscription;
 
@@ -23,8 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
 
 pub use channel::ChannelStats;
+pub use config::{HubConfig, HubConfigError};
 pub use event::{Event, NewEvent};
 pub use id::{EventId, InvalidId};
 pub use subscription::{Batch, ResetReason, Subscription};
@@ -32,11 +36,9 @@ pub use subscription::{Batch, ResetReason, Subscription};
 use channel::Channel;
 use event::PendingEvent;
 
-use crate::config::{HubConfig, SseConfig};
 use crate::telemetry::metrics as m;
 
-/// Name of the event sent when replay cannot be complete.
-pub const RESET_EVENT: &str = "herald.reset";
+pub use frame::{RESERVED_PREFIX, RESET_EVENT, TOKEN_EXPIRED_EVENT};
 
 /// Why the hub refused a request. Each maps to a stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,8 +88,9 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
-    /// Settings from the config sections that concern the core.
-    pub fn from_config(hub: &HubConfig, sse: &SseConfig) -> Self {
+    /// Settings from the `[hub]` section, plus the two fan-out settings
+    /// that users find under `[sse]`.
+    pub fn from_config(hub: &HubConfig, max_batch_bytes: usize, coalesce_ms: u64) -> Self {
         Self {
             ring_size: hub.ring_size,
             max_channels: hub.max_channels,
@@ -96,8 +99,8 @@ impl HubSettings {
             max_channel_name_len: hub.max_channel_name_len,
             max_event_type_len: hub.max_event_type_len,
             max_tombstones: hub.max_tombstones,
-            max_batch_bytes: sse.max_batch_bytes,
-            coalesce_ms: sse.coalesce_ms,
+            max_batch_bytes,
+            coalesce_ms,
         }
     }
 }
@@ -131,6 +134,8 @@ pub(crate) struct HubInner {
     committed: AtomicU64,
     tombstones: Mutex<Tombstones>,
     started: Instant,
+    /// Deferred (coalesced) wake-ups; closed and awaited on drain.
+    tasks: TaskTracker,
 }
 
 /// Remembers where reaped channels' histories ended, so a client resuming
@@ -176,8 +181,15 @@ impl Hub {
                 committed: AtomicU64::new(0),
                 tombstones: Mutex::new(Tombstones::default()),
                 started: Instant::now(),
+                tasks: TaskTracker::new(),
             }),
         }
+    }
+
+    /// The hub's background tasks (deferred wake-ups), for the drain to
+    /// close and wait on.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
     }
 
     /// This hub's epoch.
@@ -341,7 +353,7 @@ impl Hub {
         }
         let now = inner.now_ms();
         ch.touch(now);
-        ch.wake(now, inner.settings.coalesce_ms);
+        ch.wake(now, inner.settings.coalesce_ms, &inner.tasks);
         metrics::counter!(m::EVENTS_PUBLISHED).increment(count as u64);
         Ok(ids)
     }

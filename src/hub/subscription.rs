@@ -11,10 +11,11 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::futures::OwnedNotified;
 
+use super::HubInner;
 use super::channel::Channel;
-use super::event::{Event, control_frame};
+use super::event::Event;
+use super::frame::{RESET_EVENT, control_frame};
 use super::id::EventId;
-use super::{HubInner, RESET_EVENT};
 use crate::telemetry::metrics as m;
 
 /// Why a reset event was sent.

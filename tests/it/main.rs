@@ -10,3 +10,4 @@ mod jwks;
 mod openapi;
 mod otlp;
 mod prometheus;
+mod request_id;
