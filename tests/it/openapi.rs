@@ -175,6 +175,7 @@ fn example_body(op: &Operation) -> Option<Value> {
 struct Seen {
     status: u16,
     media: String,
+    headers: reqwest::header::HeaderMap,
     json: Option<Value>,
 }
 
@@ -202,6 +203,7 @@ async fn probe(http: &reqwest::Client, method: &str, url: &str, body: Option<&Va
         .unwrap_or_else(|_| panic!("{url}: no answer in time"))
         .unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = res.status().as_u16();
+    let headers = res.headers().clone();
     let media = res
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -225,12 +227,15 @@ async fn probe(http: &reqwest::Client, method: &str, url: &str, body: Option<&Va
     Seen {
         status,
         media,
+        headers,
         json,
     }
 }
 
-/// Checks a success against the operation's documented response.
-fn check_success(doc: &Value, op: &Operation, target: &str, seen: &Seen) {
+/// Checks a success against the operation's documented response: status,
+/// media type, required body fields and, with `headers`, every documented
+/// response header (and its value, when the document fixes one).
+fn check_success(doc: &Value, op: &Operation, target: &str, seen: &Seen, headers: bool) {
     let what = format!("{} ({target})", op.label());
     assert!(
         (200..300).contains(&seen.status),
@@ -257,6 +262,19 @@ fn check_success(doc: &Value, op: &Operation, target: &str, seen: &Seen) {
                 body.get(key).is_some(),
                 "{what}: the body lacks required {key:?}: {body}"
             );
+        }
+    }
+    if !headers {
+        return;
+    }
+    for (name, header) in response["headers"].as_object().into_iter().flatten() {
+        let value = seen
+            .headers
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{what}: documented header {name} is missing"));
+        let schema = resolve(doc, &resolve(doc, header)["schema"]);
+        if let Some(fixed) = schema["const"].as_str() {
+            assert_eq!(value, fixed, "{what}: header {name}");
         }
     }
 }
@@ -402,7 +420,7 @@ async fn every_documented_operation_is_served_on_the_public_listener() {
                 body.as_ref(),
             )
             .await;
-            check_success(&doc, op, &target, &seen);
+            check_success(&doc, op, &target, &seen, true);
         }
     }
     // A method the document does not list on a path must not succeed: it
@@ -459,7 +477,8 @@ async fn the_admin_listener_serves_exactly_its_documented_operations() {
             let body = example_body(op);
             let seen = probe(&http, &op.method, &url, body.as_ref()).await;
             if op.listeners().contains("admin") {
-                check_success(&doc, op, &format!("admin {target}"), &seen);
+                // The admin listener adds no headers of its own (no request id).
+                check_success(&doc, op, &format!("admin {target}"), &seen, false);
             } else {
                 assert!(
                     !(200..300).contains(&seen.status),
@@ -505,7 +524,7 @@ async fn every_known_route_is_documented_and_served() {
             )
         });
         let seen = probe(&server.http, method, &server.url(target), body).await;
-        check_success(&doc, &op, target, &seen);
+        check_success(&doc, &op, target, &seen, true);
     }
     server.stop().await;
 }
