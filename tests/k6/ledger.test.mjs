@@ -1,5 +1,5 @@
 // Unit tests of k6/lib/ledger.js, the delivery accounting of the k6
-// subscriber scripts: run with `node --test tests/k6/`.
+// subscriber scripts: run with `node --test tests/k6/ledger.test.mjs`.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
