@@ -78,11 +78,22 @@ EXPORTED = {
     # The cgroup memory limit (the host's memory without one), from
     # src/telemetry; the memory panels and HeraldMemoryNearLimit divide by it.
     "herald_memory_limit_bytes",
+    # Retained history and its evictions (src/hub), and the broker (src/broker).
+    "herald_history_bytes",
+    "herald_history_evicted_total",
+    "herald_broker_up",
+    "herald_broker_errors_total",
+    "herald_broker_resyncs_total",
+    "herald_idempotent_publishes_total",
 }
 # Series Prometheus itself writes for every target, not Herald's: `up` (1 when
 # the scrape succeeded), which HeraldInstanceDown and HeraldTargetAbsent use.
 PROMETHEUS_SERIES = {"up"}
-HISTOGRAMS = {"herald_fanout_latency_seconds", "herald_http_request_duration_seconds"}
+HISTOGRAMS = {
+    "herald_fanout_latency_seconds",
+    "herald_http_request_duration_seconds",
+    "herald_broker_publish_duration_seconds",
+}
 KNOWN_METRICS = (
     EXPORTED
     | PROMETHEUS_SERIES
