@@ -37,6 +37,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::broker::Broker;
 use crate::hub::Hub;
 use crate::shutdown::Drain;
 use crate::telemetry::metrics as m;
@@ -47,8 +48,8 @@ use error::{ApiError, json_rejection};
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
-    /// The broadcast core.
-    pub hub: Hub,
+    /// Where events are sequenced and carried (memory or Redis).
+    pub broker: Broker,
     /// `[http]` settings.
     pub http: HttpConfig,
     /// `[sse]` settings.
@@ -86,7 +87,7 @@ impl SseMetrics {
 impl AppState {
     /// Builds the state from its validated parts.
     pub fn new(
-        hub: Hub,
+        broker: Broker,
         edge: edge::Edge,
         http: HttpConfig,
         sse: SseConfig,
@@ -96,13 +97,18 @@ impl AppState {
         Self {
             channel_labels: channel_labels.iter().cloned().collect(),
             edge,
-            hub,
+            broker,
             http,
             sse,
             drain: Drain::default(),
             metrics,
             sse_metrics: SseMetrics::new(),
         }
+    }
+
+    /// The hub local subscribers read from.
+    pub fn hub(&self) -> &Hub {
+        self.broker.hub()
     }
 }
 

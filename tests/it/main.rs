@@ -9,6 +9,8 @@ mod core;
 mod edge;
 mod hardening;
 mod jwks;
+mod openapi;
 mod otlp;
 mod prometheus;
+mod redis;
 mod request_id;
