@@ -59,8 +59,8 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check "${fmt_color[@]}"
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 if [[ -f dashboards/herald-alerts.yaml ]]; then
   step "promtool check rules dashboards/herald-alerts.yaml"
@@ -89,7 +89,7 @@ if [[ -f tests/helm/test_chart.py ]]; then
   python3 tests/helm/test_chart.py
 fi
 
-step "cargo test --all-targets"
-cargo test --all-targets
+step "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets
 
 step "all checks passed"

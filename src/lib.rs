@@ -13,10 +13,8 @@
 //! - [`limits`]: rate and connection limits.
 //! - [`telemetry`]: metric names, the Prometheus recorder, logs and traces.
 //! - [`shutdown`]: the drain signal shared by the listener and every stream.
-//! - [`bench`](mod@bench): `herald bench`, the load generator.
 
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -31,14 +31,11 @@ enum Command {
     },
     /// Mint a token signed with the configured HS key.
     Token(herald::auth::TokenArgs),
-    /// Load-test a running Herald.
-    Bench(herald::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Bench(args)) => report(herald::bench::run(args)),
         Some(Command::CheckConfig { file }) => match Config::load(Some(&file), std::env::vars()) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -1,6 +1,6 @@
 //! The subscriber side of the bench: one "worker" holds a share of the
 //! subscribers, either as a task inside the bench process or as a child
-//! process (see [`super::worker`]) when one process cannot hold them all.
+//! process (see [`crate::worker`]) when one process cannot hold them all.
 //!
 //! Each subscriber is one tokio task owning a raw `TcpStream`: it writes a
 //! hand-made `GET /events`, reads the response head, then feeds each `read`
@@ -21,9 +21,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::accounting::{Arrival, Expected, OrderTracker};
-use super::sse::{ChunkDecoder, Payload, SseParser, parse_head, parse_id};
-use super::target::Target;
+use crate::accounting::{Arrival, Expected, OrderTracker};
+use crate::sse::{ChunkDecoder, Payload, SseParser, parse_head, parse_id};
+use crate::target::Target;
 
 /// How subscribers behave while the bench publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -831,7 +831,7 @@ impl Subscriber {
             ..
         } = self;
         res.reads += 1;
-        let mut on_event = |ev: super::sse::SseEvent<'_>| record_event(res, latency, now, ev);
+        let mut on_event = |ev: crate::sse::SseEvent<'_>| record_event(res, latency, now, ev);
         let ended = match decoder {
             Some(d) => d
                 .feed(&buf[start..end], &mut |chunk| {
@@ -862,7 +862,7 @@ fn record_event(
     res: &mut SubResult,
     latency: &mut Vec<u64>,
     now: u64,
-    ev: super::sse::SseEvent<'_>,
+    ev: crate::sse::SseEvent<'_>,
 ) {
     if ev.event == b"herald.reset" {
         res.resets += 1;

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::BenchArgs;
-use super::publisher::PublishResult;
-use super::server_stats::ProcSample;
-use super::subscriber::{Mode, WorkerReport, histogram_from_pairs};
+use crate::fanout::FanoutArgs;
+use crate::publisher::PublishResult;
+use crate::server_stats::ProcSample;
+use crate::subscriber::{Mode, WorkerReport, histogram_from_pairs};
 
 /// Raw server samples taken during the run.
 #[derive(Debug, Clone)]
@@ -207,7 +207,7 @@ impl Report {
     /// Assembles the report from what the controller gathered.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        args: &BenchArgs,
+        args: &FanoutArgs,
         (bench_cpu, bench_cpus, other_cpu): (f64, usize, Option<f64>),
         processes: usize,
         connections_held: u64,

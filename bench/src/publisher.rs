@@ -16,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::accounting::IndexSet;
-use super::sse::{ChunkDecoder, Payload, parse_head};
-use super::subscriber::{new_histogram, unix_ns};
-use super::target::Target;
+use crate::accounting::IndexSet;
+use crate::sse::{ChunkDecoder, Payload, parse_head};
+use crate::subscriber::{new_histogram, unix_ns};
+use crate::target::Target;
 
 /// What to publish, and when.
 #[derive(Debug, Clone)]

@@ -1,0 +1,57 @@
+//! `herald-bench`: the loopback load generator for sizing a Herald
+//! deployment. It talks to Herald over plain HTTP/1.1 and never targets
+//! anything but loopback.
+//!
+//! - [`fanout`]: the subscriber runs (fan-out, reconnect, storm): the
+//!   controller that starts workers, publishes and reports.
+//! - [`sse`]: chunked-body and SSE decoding, response heads, the payload format.
+//! - [`accounting`]: loss / duplicate / order bookkeeping.
+//! - [`target`]: the loopback-only URL and socket set-up.
+//! - [`subscriber`]: subscriber tasks and the worker that runs a share of them.
+//! - [`worker`]: running workers in-process or as child processes.
+//! - [`publisher`]: the paced publisher of the subscriber runs.
+//! - [`server_stats`]: `/proc` sampling of the server.
+//! - [`report`]: merging results and printing them.
+
+mod accounting;
+mod fanout;
+mod publisher;
+mod report;
+mod server_stats;
+mod sse;
+mod subscriber;
+mod target;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Load-test a Herald server over loopback.
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    fanout: fanout::FanoutArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    match fanout::run(cli.fanout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: every subscriber is a
+/// socket, and the default soft limit (often 1024) is far below what one
+/// process may hold. Workers run this too, as they are this same binary.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("herald-bench: cannot raise the open-file limit: {e}");
+    }
+}
