@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::accounting::Expected;
+use crate::protocol::{Command, WorkerMsg, WorkerReport, unix_ns};
 use crate::publisher::{PublishPlan, PublishResult, publish};
 use crate::report::{Report, ServerFigures};
-use crate::subscriber::{Command, Mode, SubSpec, WorkerMsg, WorkerPlan, WorkerReport, unix_ns};
+use crate::subscriber::{Mode, SubSpec, WorkerPlan};
 use crate::target::{Target, source_ip};
 use crate::{server_stats, worker};
 

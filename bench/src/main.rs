@@ -8,6 +8,7 @@
 //! - [`accounting`]: loss / duplicate / order bookkeeping.
 //! - [`target`]: the loopback-only URL and socket set-up.
 //! - [`subscriber`]: subscriber tasks and the worker that runs a share of them.
+//! - [`protocol`]: controller ↔ worker messages and the worker's report.
 //! - [`worker`]: running workers in-process or as child processes.
 //! - [`publisher`]: the paced publisher of the subscriber runs.
 //! - [`server_stats`]: `/proc` sampling of the server.
@@ -15,6 +16,7 @@
 
 mod accounting;
 mod fanout;
+mod protocol;
 mod publisher;
 mod report;
 mod server_stats;

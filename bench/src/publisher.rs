@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::accounting::IndexSet;
+use crate::protocol::{new_histogram, unix_ns};
 use crate::sse::{ChunkDecoder, Payload, parse_head};
-use crate::subscriber::{new_histogram, unix_ns};
 use crate::target::Target;
 
 /// What to publish, and when.

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::fanout::FanoutArgs;
+use crate::protocol::{WorkerReport, histogram_from_pairs};
 use crate::publisher::PublishResult;
 use crate::server_stats::ProcSample;
-use crate::subscriber::{Mode, WorkerReport, histogram_from_pairs};
+use crate::subscriber::Mode;
 
 /// Raw server samples taken during the run.
 #[derive(Debug, Clone)]

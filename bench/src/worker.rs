@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command as ProcessCommand};
 use tokio::sync::mpsc;
 
-use crate::subscriber::{Command, WorkerMsg, WorkerPlan, run_worker};
+use crate::protocol::{Command, WorkerMsg};
+use crate::subscriber::{WorkerPlan, run_worker};
 
 /// The controller's handle on one worker, wherever it runs.
 pub struct WorkerHandle {
