@@ -4,20 +4,25 @@
 //!
 //! - [`fanout`]: the subscriber runs (fan-out, reconnect, storm): the
 //!   controller that starts workers, publishes and reports.
+//! - [`rate`]: the publish-rate run (`herald-bench publish`), open or closed
+//!   loop, against Herald or another server's publish endpoint.
 //! - [`sse`]: chunked-body and SSE decoding, response heads, the payload format.
 //! - [`accounting`]: loss / duplicate / order bookkeeping.
 //! - [`target`]: the loopback-only URL and socket set-up.
 //! - [`subscriber`]: subscriber tasks and the worker that runs a share of them.
 //! - [`protocol`]: controller ↔ worker messages and the worker's report.
 //! - [`worker`]: running workers in-process or as child processes.
+//! - [`client`]: one keep-alive HTTP/1.1 connection that sends requests.
 //! - [`publisher`]: the paced publisher of the subscriber runs.
 //! - [`server_stats`]: `/proc` sampling of the server.
 //! - [`report`]: merging results and printing them.
 
 mod accounting;
+mod client;
 mod fanout;
 mod protocol;
 mod publisher;
+mod rate;
 mod report;
 mod server_stats;
 mod sse;
@@ -27,20 +32,39 @@ mod worker;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// Load-test a Herald server over loopback.
+/// Load-test a Herald server over loopback. Without a subcommand: SSE
+/// subscribers plus a paced publisher (fan-out, reconnect and storm modes).
 #[derive(Debug, Parser)]
-#[command(name = "herald-bench", version, about)]
+#[command(
+    name = "herald-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     fanout: fanout::FanoutArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish rate: publishes/s, events/s, latency and server CPU per
+    /// publish, closed or open loop, no subscribers.
+    Publish(rate::PublishArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
-    match fanout::run(cli.fanout) {
+    let result = match cli.command {
+        Some(Command::Publish(args)) => rate::run(args),
+        None => fanout::run(cli.fanout),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald-bench: {e:#}");
