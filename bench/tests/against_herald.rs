@@ -37,6 +37,7 @@ fn herald_binary() -> PathBuf {
 struct Herald {
     child: Child,
     url: String,
+    log: PathBuf,
 }
 
 impl Herald {
@@ -52,7 +53,7 @@ impl Herald {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let log_file = std::fs::File::create(&log).expect("create the server log file");
-        let mut child = Command::new(herald_binary())
+        let child = Command::new(herald_binary())
             .arg("--config")
             .arg(&config)
             .env("HERALD_LISTEN", "127.0.0.1:0")
@@ -64,9 +65,15 @@ impl Herald {
             .stderr(log_file)
             .spawn()
             .expect("start herald");
+        // Owned by the guard from here on, so a failed start still kills it.
+        let mut herald = Herald {
+            child,
+            url: String::new(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = std::fs::read_to_string(&herald.log).unwrap_or_default();
             if let Some(addr) = text
                 .lines()
                 .filter(|l| l.contains("listening"))
@@ -77,13 +84,10 @@ impl Herald {
                         .unwrap_or("")
                 })
             {
-                let _ = std::fs::remove_file(&log);
-                return Herald {
-                    child,
-                    url: format!("http://{addr}"),
-                };
+                herald.url = format!("http://{addr}");
+                return herald;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = herald.child.try_wait() {
                 panic!("herald exited with {status} before listening:\n{text}");
             }
             assert!(
@@ -103,6 +107,7 @@ impl Drop for Herald {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
