@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Side-by-side publish benchmark: Nchan (the reference) against Herald in its
+# development config and in a production-like config (auth on, HS256, a bearer
+# JWT minted with `herald token`), plus Herald's batch publish.
+#
+# Each server runs on core 0 and the bench on core 1: herald-bench's closed
+# loop, N keep-alive connections (default 16) each posting the next 100-byte
+# event as soon as the previous answer arrives, no subscribers. The runs
+# alternate server by server for R rounds (default 3), because a shared
+# machine drifts; the table shows each server's median and the ratios
+# Herald/Nchan. With wrk installed, a `wrk -t1 -cN` run per server and round
+# cross-checks the figures.
+#
+# Usage: scripts/bench-publish.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS]
+#                                 [--batch N] [--no-build] [--no-wrk]
+#                                 [--results DIR]
+# Needs: 2+ CPUs, taskset, python3, nginx with Nchan
+#   (Debian: apt-get install nginx libnginx-mod-nchan; optional: wrk).
+# Loopback only; every run ends by itself. Not part of CI: it is a benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+duration=5
+warmup=1
+conns=16
+payload=100
+batch=100
+build=1
+use_wrk=1
+results=""
+
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while (($#)); do
+  case "$1" in
+    -r|--rounds) rounds=${2:?}; shift 2 ;;
+    -d|--duration) duration=${2:?}; shift 2 ;;
+    -c|--connections) conns=${2:?}; shift 2 ;;
+    --batch) batch=${2:?}; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --no-wrk) use_wrk=0; shift ;;
+    --results) results=${2:?}; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) usage 2 ;;
+  esac
+done
+[[ $rounds =~ ^[1-9][0-9]?$ ]] || die "--rounds must be 1..99"
+[[ $duration =~ ^[1-9][0-9]{0,2}$ ]] || die "--duration must be 1..999 seconds"
+[[ $conns =~ ^[1-9][0-9]{0,3}$ ]] || die "--connections must be 1..9999"
+[[ $batch =~ ^[1-9][0-9]{0,3}$ ]] || die "--batch must be 1..9999"
+
+nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
+have nginx || die "nginx not found: apt-get install nginx libnginx-mod-nchan"
+[[ -f $nchan_module ]] || die "Nchan module not found at $nchan_module: apt-get install libnginx-mod-nchan"
+have taskset || die "taskset not found: apt-get install util-linux"
+have python3 || die "python3 not found: apt-get install python3"
+have pgrep || die "pgrep not found: apt-get install procps"
+(($(nproc) >= 2)) || die "needs 2 CPUs: the server on core 0, the bench on core 1"
+if ((use_wrk)) && ! have wrk; then
+  echo "note: wrk not installed, no cross-check (apt-get install wrk)" >&2
+  use_wrk=0
+fi
+
+if ((build)); then
+  cargo build --release --workspace
+fi
+herald=target/release/herald
+bench=target/release/herald-bench
+[[ -x $herald && -x $bench ]] || die "no release binaries: cargo build --release --workspace"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench-publish.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits up to 20 s for something to accept connections on 127.0.0.1:$1.
+wait_port() {
+  python3 - "$1" <<'PY' || die "nothing listening on 127.0.0.1:$1 after 20 s (logs in $work)"
+import socket, sys, time
+deadline = time.time() + 20
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
+# --- servers, all on core 0 -------------------------------------------------
+nchan_port=$(free_port)
+mkdir -p "$work/nchan/tmp" "$work/nchan/logs"
+sed -e "s|@NCHAN_MODULE@|$nchan_module|" -e "s|@PORT@|$nchan_port|" \
+  bench/nchan/nginx.conf >"$work/nchan/nginx.conf"
+taskset -c 0 nginx -p "$work/nchan" -c "$work/nchan/nginx.conf" -g 'daemon off;' \
+  >"$work/nchan.log" 2>&1 &
+nchan_master=$!
+pids+=("$nchan_master")
+wait_port "$nchan_port"
+nchan_pid=$(pgrep -P "$nchan_master" | head -1)
+[[ -n $nchan_pid ]] || die "no nginx worker process (see $work/nchan.log)"
+
+# Development config as committed (anonymous publish; RUST_LOG unset so the
+# config's own log filter applies).
+dev_port=$(free_port)
+env -u RUST_LOG HERALD_LISTEN="127.0.0.1:$dev_port" \
+  taskset -c 0 "$herald" --config config/development.toml >"$work/herald-dev.log" 2>&1 &
+dev_pid=$!
+pids+=("$dev_pid")
+
+# Production config: auth on with an HS256 secret, every publish carrying a
+# bearer JWT, JSON logs at info, metrics and limits on. The publish limit
+# (100/s per subject there) is raised above what one bench can send, so the
+# limiter is checked on every request but never answers 429.
+prod_port=$(free_port)
+secret=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
+env -u RUST_LOG HERALD_JWT_SECRET="$secret" HERALD_LISTEN="127.0.0.1:$prod_port" \
+  HERALD_LIMITS__PUBLISH_PER_SECOND=100000000 HERALD_LIMITS__PUBLISH_BURST=100000000 \
+  taskset -c 0 "$herald" --config config/production.toml >"$work/herald-prod.log" 2>&1 &
+prod_pid=$!
+pids+=("$prod_pid")
+token=$(env -u RUST_LOG HERALD_JWT_SECRET="$secret" \
+  "$herald" --config config/production.toml token --sub bench --publish 'bench-*' --publish 'wrk' --ttl 1h)
+wait_port "$dev_port"
+wait_port "$prod_port"
+
+# --- runs, the bench on core 1 ----------------------------------------------
+mkdir -p "$work/results"
+common=(publish --json -c "$conns" --duration "$duration" --warmup "$warmup" --payload "$payload")
+
+run_bench() { # name round server-pid args...
+  local name=$1 round=$2 pid=$3
+  shift 3
+  printf '  %-12s round %d ... ' "$name" "$round" >&2
+  taskset -c 1 "$bench" "${common[@]}" --server-pid "$pid" "$@" \
+    >"$work/results/$name.$round.json" 2>"$work/results/$name.$round.err" ||
+    die "herald-bench failed for $name: $(cat "$work/results/$name.$round.err")"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"publishes_per_s\"]:.0f} publishes/s, {r[\"events_per_s\"]:.0f} events/s")' \
+    "$work/results/$name.$round.json" >&2
+}
+
+wrk_script() { # file body content-type [token]
+  {
+    echo 'wrk.method = "POST"'
+    printf 'wrk.body = %s\n' "$2"
+    printf 'wrk.headers["Content-Type"] = "%s"\n' "$3"
+    if [[ -n ${4:-} ]]; then printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$4"; fi
+  } >"$1"
+}
+data=$(printf 'x%.0s' $(seq "$payload"))
+if ((use_wrk)); then
+  wrk_script "$work/raw.lua" "string.rep(\"x\", $payload)" text/plain
+  wrk_script "$work/json.lua" "'{\"data\":\"$data\"}'" application/json
+  wrk_script "$work/json-token.lua" "'{\"data\":\"$data\"}'" application/json "$token"
+fi
+run_wrk() { # name round url script
+  printf '  %-12s round %d ... ' "wrk-$1" "$2" >&2
+  taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" -s "$4" "$3" >"$work/results/wrk-$1.$2.txt" 2>&1 ||
+    die "wrk failed for $1: $(cat "$work/results/wrk-$1.$2.txt")"
+  grep -o 'Requests/sec: *[0-9.]*' "$work/results/wrk-$1.$2.txt" | awk '{print $2 " requests/s"}' >&2
+}
+
+echo "Nchan pid $nchan_pid on :$nchan_port, Herald dev pid $dev_pid on :$dev_port," \
+  "Herald prod pid $prod_pid on :$prod_port; $rounds round(s) of ${duration}s (+${warmup}s warm-up)," \
+  "$conns connections, ${payload}-byte events" >&2
+for ((r = 1; r <= rounds; r++)); do
+  run_bench nchan "$r" "$nchan_pid" --publish-url "http://127.0.0.1:$nchan_port/pub?id={channel}" --body raw
+  run_bench herald-dev "$r" "$dev_pid" --url "http://127.0.0.1:$dev_port"
+  HERALD_BENCH_TOKEN=$token run_bench herald-prod "$r" "$prod_pid" --url "http://127.0.0.1:$prod_port"
+  run_bench dev-batch "$r" "$dev_pid" --url "http://127.0.0.1:$dev_port" --batch "$batch"
+  HERALD_BENCH_TOKEN=$token run_bench prod-batch "$r" "$prod_pid" --url "http://127.0.0.1:$prod_port" --batch "$batch"
+  if ((use_wrk)); then
+    run_wrk nchan "$r" "http://127.0.0.1:$nchan_port/pub?id=wrk" "$work/raw.lua"
+    run_wrk herald-dev "$r" "http://127.0.0.1:$dev_port/channels/wrk/events" "$work/json.lua"
+    run_wrk herald-prod "$r" "http://127.0.0.1:$prod_port/channels/wrk/events" "$work/json-token.lua"
+  fi
+done
+
+# --- summary ----------------------------------------------------------------
+python3 - "$work/results" "$batch" <<'PY'
+import glob, json, os, re, statistics, sys
+
+res, batch = sys.argv[1], int(sys.argv[2])
+med = statistics.median
+
+def runs(name):
+    return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(res, f"{name}.*.json")))]
+
+def wrk(name):
+    out = []
+    for f in sorted(glob.glob(os.path.join(res, f"wrk-{name}.*.txt"))):
+        text = open(f).read()
+        rps = re.search(r"Requests/sec:\s*([0-9.]+)", text)
+        bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+        if rps:
+            out.append((float(rps.group(1)), int(bad.group(1)) if bad else 0))
+    return out
+
+rows = [
+    ("Nchan", "nchan"),
+    ("Herald dev", "herald-dev"),
+    ("Herald prod+JWT", "herald-prod"),
+    (f"Herald dev batch {batch}", "dev-batch"),
+    (f"Herald prod batch {batch}", "prod-batch"),
+]
+print()
+print(f"{'server':<22} {'publishes/s':>12} {'events/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
+      f"{'srv CPU':>7} {'µs/publish':>10} {'µs/event':>9} {'errors':>6}  {'wrk req/s':>9}  per round (publishes/s)")
+summary = {}
+for label, name in rows:
+    rs = runs(name)
+    if not rs:
+        continue
+    pub = [r["publishes_per_s"] for r in rs]
+    ev = [r["events_per_s"] for r in rs]
+    p50 = med(r["latency_ms"]["p50"] for r in rs)
+    p99 = med(r["latency_ms"]["p99"] for r in rs)
+    srv = [r["server"] or {} for r in rs]
+    util = [s["cpu_utilization"] for s in srv if s.get("cpu_utilization") is not None]
+    per_pub = [s["cpu_us_per_publish"] for s in srv if s.get("cpu_us_per_publish") is not None]
+    per_ev = [s["cpu_us_per_event"] for s in srv if s.get("cpu_us_per_event") is not None]
+    errors = sum(sum(r["errors_by_status"].values()) + r["io_errors"] for r in rs)
+    w = wrk(name)
+    wrk_med = f"{med(x for x, _ in w):9.0f}" if w else f"{'-':>9}"
+    if any(bad for _, bad in w):
+        wrk_med += "!"
+    summary[name] = (med(pub), med(ev))
+    print(f"{label:<22} {med(pub):12.0f} {med(ev):11.0f} {p50:7.2f} {p99:7.2f} "
+          f"{(med(util) if util else float('nan')):7.2f} {(med(per_pub) if per_pub else float('nan')):10.2f} "
+          f"{(med(per_ev) if per_ev else float('nan')):9.3f} {errors:6d}  {wrk_med}  "
+          + " ".join(f"{x:.0f}" for x in pub))
+    for r in rs:
+        for wmsg in r["warnings"]:
+            print(f"  warning ({label}): {wmsg}")
+if "nchan" in summary:
+    n = summary["nchan"][0]
+    print()
+    for label, name, col in [
+        ("Herald dev / Nchan (publishes/s)", "herald-dev", 0),
+        ("Herald prod+JWT / Nchan (publishes/s)", "herald-prod", 0),
+        (f"Herald dev batch {batch} events/s / Nchan publishes/s", "dev-batch", 1),
+        (f"Herald prod batch {batch} events/s / Nchan publishes/s", "prod-batch", 1),
+    ]:
+        if name in summary and n > 0:
+            print(f"{label:<52} {summary[name][col] / n:6.2f}x")
+PY
+
+if [[ -n $results ]]; then
+  mkdir -p "$results"
+  cp "$work"/results/* "$results"/
+  echo "raw results copied to $results" >&2
+fi
