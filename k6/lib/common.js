@@ -1,6 +1,6 @@
 // Shared by the k6 scripts: environment parsing with bounds, the loopback-only
 // target check, request headers and payloads. k6 has no SSE client; the
-// subscribers come from `herald bench` (see k6/README.md).
+// subscribers come from `herald-bench` (see k6/README.md).
 
 import http from 'k6/http';
 import exec from 'k6/execution';
