@@ -115,6 +115,16 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.table());
     }
+    if report.requests_ok_total == 0 {
+        anyhow::bail!(
+            "no publish was accepted by {}: {}",
+            report.url,
+            report
+                .errors
+                .first()
+                .map_or("see the statuses above", String::as_str)
+        );
+    }
     Ok(())
 }
 
@@ -268,11 +278,13 @@ async fn control(
     tokio::time::sleep_until(measure_start).await;
     let server_a = args.server_pid.map(server_stats::sample).transpose()?;
     let bench_a = server_stats::sample(me).ok();
+    let machine_a = server_stats::machine_busy_ticks();
     let window_a = Instant::now();
     tokio::time::sleep_until(end).await;
     let window = window_a.elapsed().as_secs_f64().max(1e-3);
     let server_b = args.server_pid.and_then(|p| server_stats::sample(p).ok());
     let bench_b = server_stats::sample(me).ok();
+    let machine_b = server_stats::machine_busy_ticks();
 
     let mut total = ConnResult::new();
     let join_deadline = end + REQUEST_TIMEOUT + Duration::from_secs(1);
@@ -291,9 +303,23 @@ async fn control(
             }
             _ => None,
         };
+    let server_cpu = cpu(server_a, server_b);
+    let bench_cpu = cpu(bench_a, bench_b);
+    // Everyone else's CPU in the window (neither the bench nor the server):
+    // more than a little means the figures are noisy.
+    let other_cpu = match (machine_a, machine_b) {
+        (Some(a), Some(b)) => Some(
+            (b.saturating_sub(a) as f64 / ticks as f64
+                - server_cpu.unwrap_or(0.0)
+                - bench_cpu.unwrap_or(0.0))
+            .max(0.0)
+                / window,
+        ),
+        _ => None,
+    };
     let server = args.server_pid.map(|pid| ServerCpu {
         pid,
-        cpu_seconds: cpu(server_a, server_b),
+        cpu_seconds: server_cpu,
         window_s: window,
     });
     Ok(RateReport::build(
@@ -302,7 +328,7 @@ async fn control(
         &run_id,
         &total,
         server,
-        cpu(bench_a, bench_b).map(|c| c / window),
+        (bench_cpu.map(|c| c / window), other_cpu),
         unfinished,
     ))
 }

@@ -89,6 +89,9 @@ pub struct RateReport {
     pub bench_cpu: Option<f64>,
     /// CPUs the bench may run on.
     pub bench_cpus: usize,
+    /// CPUs used by other processes (neither bench nor server) in the
+    /// window; without `--server-pid` the server's own use is counted here.
+    pub other_cpu: Option<f64>,
     /// Why the figures may describe the bench rather than the server.
     pub warnings: Vec<String>,
     /// Sample error messages.
@@ -103,7 +106,7 @@ impl RateReport {
         run_id: &str,
         r: &ConnResult,
         server: Option<ServerCpu>,
-        bench_cpu: Option<f64>,
+        (bench_cpu, other_cpu): (Option<f64>, Option<f64>),
         unfinished: usize,
     ) -> RateReport {
         let batch = args.batch as u64;
@@ -126,6 +129,11 @@ impl RateReport {
         if let Some(b) = bench_cpu.filter(|&b| b > 0.9 * bench_cpus as f64) {
             warnings.push(format!(
                 "the bench used {b:.2} of its {bench_cpus} CPU(s): the rate may be bench-bound"
+            ));
+        }
+        if let Some(o) = other_cpu.filter(|&o| o > 0.15 && args.server_pid.is_some()) {
+            warnings.push(format!(
+                "other processes used {o:.2} CPUs during the window: figures are noisy"
             ));
         }
         if args.rate.is_some() && r.late > r.measured / 100 {
@@ -175,6 +183,7 @@ impl RateReport {
             server,
             bench_cpu,
             bench_cpus,
+            other_cpu,
             warnings,
             errors: r.last_error.iter().cloned().collect(),
         }
@@ -243,7 +252,13 @@ impl RateReport {
         if let Some(b) = self.bench_cpu {
             row(
                 "bench CPU",
-                format!("{b:.2} of {} CPU(s) in the window", self.bench_cpus),
+                format!(
+                    "{b:.2} of {} CPU(s) in the window{}",
+                    self.bench_cpus,
+                    self.other_cpu
+                        .map(|o| format!("; other processes {o:.2} CPUs"))
+                        .unwrap_or_default()
+                ),
             );
         }
         for w in &self.warnings {
