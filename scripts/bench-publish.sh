@@ -7,8 +7,8 @@
 # loop, N keep-alive connections (default 16) each posting the next 100-byte
 # event as soon as the previous answer arrives, no subscribers. The runs
 # alternate server by server for R rounds (default 3), because a shared
-# machine drifts; the table shows each server's median and the ratios
-# Herald/Nchan. With wrk installed, a `wrk -t1 -cN` run per server and round
+# machine drifts; the table shows each server's median (over the runs no
+# other process disturbed, when there are any) and the ratios Herald/Nchan. With wrk installed, a `wrk -t1 -cN` run per server and round
 # cross-checks the figures.
 #
 # Usage: scripts/bench-publish.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS]
@@ -241,8 +241,13 @@ import glob, json, os, re, statistics, sys
 res, batch = sys.argv[1], int(sys.argv[2])
 med = statistics.median
 
+QUIET = 0.15  # CPUs other processes may take before a run counts as noisy
+
 def runs(name):
-    return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(res, f"{name}.*.json")))]
+    """The server's runs; only the quiet ones when there are any."""
+    rs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(res, f"{name}.*.json")))]
+    quiet = [r for r in rs if (r.get("other_cpu") or 0.0) <= QUIET]
+    return (quiet or rs), len(quiet), len(rs)
 
 def wrk(name):
     out = []
@@ -263,10 +268,10 @@ rows = [
 ]
 print()
 print(f"{'server':<22} {'publishes/s':>12} {'events/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
-      f"{'srv CPU':>7} {'µs/publish':>10} {'µs/event':>9} {'errors':>6} {'noise':>5}  {'wrk req/s':>9}  per round (publishes/s)")
+      f"{'srv CPU':>7} {'µs/publish':>10} {'µs/event':>9} {'errors':>6} {'noise':>5} {'quiet':>5}  {'wrk req/s':>9}  runs used (publishes/s)")
 summary, cpu = {}, {}
 for label, name in rows:
-    rs = runs(name)
+    rs, n_quiet, n_all = runs(name)
     if not rs:
         continue
     pub = [r["publishes_per_s"] for r in rs]
@@ -289,14 +294,15 @@ for label, name in rows:
     cpu[name] = med(per_pub) if per_pub else None
     print(f"{label:<22} {med(pub):12.0f} {med(ev):11.0f} {p50:7.2f} {p99:7.2f} "
           f"{(med(util) if util else float('nan')):7.2f} {(med(per_pub) if per_pub else float('nan')):10.2f} "
-          f"{(med(per_ev) if per_ev else float('nan')):9.3f} {errors:6d} {(max(noise) if noise else float('nan')):5.2f}  {wrk_med}  "
+          f"{(med(per_ev) if per_ev else float('nan')):9.3f} {errors:6d} {(max(noise) if noise else float('nan')):5.2f} {f'{n_quiet}/{n_all}':>5}  {wrk_med}  "
           + " ".join(f"{x:.0f}" for x in pub))
     # Noise warnings are summed up in the noise column; print the others once.
     for wmsg in sorted({w for r in rs for w in r["warnings"] if not w.startswith("other processes")}):
         print(f"  warning ({label}): {wmsg}")
-print("(errors: non-2xx answers, io errors and runs whose count the server's own counter contradicts;"
-      " srv CPU: CPUs the server used; noise: most CPUs other processes used in any round;"
-      " above ~0.15 the machine was shared and the figures are not trustworthy)")
+print("Medians over the quiet runs (other processes under 0.15 CPUs) when there are any, else over all.")
+print("errors: non-2xx answers, io errors, and runs whose count the server's own counter contradicts;"
+      " srv CPU: CPUs the server used; noise: most CPUs other processes took in a run used;"
+      " quiet: quiet runs of all runs. wrk: median of all its runs (no noise figure).")
 if "nchan" in summary:
     n = summary["nchan"][0]
     print()
