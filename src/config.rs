@@ -6,9 +6,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::auth::{AuthConfig, AuthError};
+use crate::broker::{BrokerConfig, BrokerConfigError};
+use crate::http::config::{HttpConfig, HttpConfigError, SseConfig};
+use crate::http::cors::{CorsConfig, CorsConfigError};
+use crate::hub::{HubConfig, HubConfigError};
+use crate::limits::{LimitsConfig, LimitsConfigError};
+use crate::shutdown::{ShutdownConfig, ShutdownConfigError};
+use crate::telemetry::TelemetryConfig;
 
 /// Keys whose env value is a comma-separated list, e.g.
 /// `HERALD_CORS__ALLOWED_ORIGINS=https://a.example,https://b.example`.
@@ -34,22 +42,52 @@ pub enum ConfigError {
     /// The file or an env variable could not be read or parsed.
     #[error("cannot load configuration: {0}")]
     Load(#[from] config::ConfigError),
-    /// The values parsed but do not make sense together.
+    /// The named config file does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    /// `[hub]` values that cannot work.
+    #[error("invalid configuration: hub.{0}")]
+    Hub(#[from] HubConfigError),
+    /// `[broker]` values that cannot work.
+    #[error("invalid configuration: broker.{0}")]
+    Broker(#[from] BrokerConfigError),
+    /// `[http]` or `[sse]` values that cannot work.
+    #[error("invalid configuration: {section}.{source}")]
+    Http {
+        /// `http` or `sse`.
+        section: &'static str,
+        /// What is wrong.
+        source: HttpConfigError,
+    },
+    /// `[shutdown]` values that cannot work.
+    #[error("invalid configuration: shutdown.{0}")]
+    Shutdown(#[from] ShutdownConfigError),
+    /// `[auth]` values that cannot work, or a secret that cannot be read.
+    #[error("invalid configuration: auth: {0}")]
+    Auth(#[from] AuthError),
+    /// `[limits]` values that cannot work.
+    #[error("invalid configuration: limits: {0}")]
+    Limits(#[from] LimitsConfigError),
+    /// `[cors]` values that cannot work.
+    #[error("invalid configuration: cors: {0}")]
+    Cors(#[from] CorsConfigError),
+    /// Values of two sections that contradict each other.
     #[error("invalid configuration: {0}")]
-    Invalid(String),
+    Mismatch(&'static str),
 }
 
-/// The whole service configuration. Every section has defaults, so an empty
-/// file is a valid development config.
+/// The whole service configuration: each section is owned by the module
+/// that uses it, and only composed here. Every section has defaults, so an
+/// empty file is a valid development config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP listener binds, e.g. `127.0.0.1:8000`.
     pub listen: SocketAddr,
-    /// Directory holding the demo page; `None` serves the embedded copy.
-    pub static_dir: Option<String>,
     /// The broadcast core: rings, channel limits, reaping.
     pub hub: HubConfig,
+    /// Which broker carries events between replicas.
+    pub broker: BrokerConfig,
     /// Server-Sent Events streams.
     pub sse: SseConfig,
     /// HTTP-level limits and timeouts.
@@ -57,141 +95,29 @@ pub struct Config {
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// JWT verification and channel rights.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
     /// Rate and connection limits.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: LimitsConfig,
     /// CORS policy.
-    pub cors: crate::http::cors::CorsConfig,
+    pub cors: CorsConfig,
     /// Metrics, traces and logs.
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            static_dir: None,
             hub: HubConfig::default(),
+            broker: BrokerConfig::default(),
             sse: SseConfig::default(),
             http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
-            auth: Default::default(),
-            limits: Default::default(),
-            cors: Default::default(),
-            telemetry: Default::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            cors: CorsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
-    }
-}
-
-/// Settings of the broadcast core.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HubConfig {
-    /// Events each channel retains for replay and fan-out.
-    pub ring_size: usize,
-    /// Most channels that may exist at once.
-    pub max_channels: usize,
-    /// A channel with no subscribers and no publish for this long is reaped.
-    pub channel_idle_ttl_secs: u64,
-    /// Largest encoded `data` of one event, in bytes.
-    pub max_event_bytes: usize,
-    /// Longest channel name, in bytes.
-    pub max_channel_name_len: usize,
-    /// Longest event type, in bytes.
-    pub max_event_type_len: usize,
-    /// Reaped channels remembered so a late resume still gets a reset.
-    pub max_tombstones: usize,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        Self {
-            ring_size: 1024,
-            max_channels: 100_000,
-            channel_idle_ttl_secs: 300,
-            max_event_bytes: 64 * 1024,
-            max_channel_name_len: 128,
-            max_event_type_len: 64,
-            max_tombstones: 100_000,
-        }
-    }
-}
-
-/// Settings of Server-Sent Events streams.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SseConfig {
-    /// Interval between heartbeat comments.
-    pub heartbeat_secs: u64,
-    /// The `retry:` reconnect hint sent at the start of each stream.
-    pub retry_ms: u64,
-    /// Upper bound of the jittered `retry:` hint sent when the server drains.
-    pub shutdown_retry_max_ms: u64,
-    /// A stream whose socket accepts no bytes for this long is closed.
-    pub write_timeout_secs: u64,
-    /// Most channels one connection may subscribe to.
-    pub max_channels_per_connection: usize,
-    /// Most bytes a woken subscriber writes in one batch.
-    pub max_batch_bytes: usize,
-    /// Coalescing window: a channel wakes its subscribers at most once per
-    /// this many milliseconds, so bursts go out as one write per subscriber.
-    /// 0 (the default) wakes them at every publish, for the lowest latency.
-    pub coalesce_ms: u64,
-}
-
-impl Default for SseConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat_secs: 15,
-            retry_ms: 3000,
-            shutdown_retry_max_ms: 5000,
-            write_timeout_secs: 30,
-            max_channels_per_connection: 32,
-            max_batch_bytes: 64 * 1024,
-            coalesce_ms: 0,
-        }
-    }
-}
-
-/// HTTP-level limits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Largest request body, in bytes (413 above it).
-    pub max_body_bytes: usize,
-    /// Time allowed to receive the request headers (slowloris guard).
-    pub header_read_timeout_secs: u64,
-    /// Deadline of non-streaming requests (408 past it).
-    pub request_timeout_secs: u64,
-    /// Most events in one batch publish.
-    pub max_batch_events: usize,
-    /// Listen backlog for the accept queue.
-    pub backlog: u32,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            header_read_timeout_secs: 10,
-            request_timeout_secs: 10,
-            max_batch_events: 1000,
-            backlog: 4096,
-        }
-    }
-}
-
-/// Graceful shutdown.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// The process exits within this long after SIGTERM or SIGINT.
-    pub grace_secs: u64,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self { grace_secs: 10 }
     }
 }
 
@@ -205,10 +131,7 @@ impl Config {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::MissingFile(path.display().to_string()));
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
@@ -245,59 +168,30 @@ impl Config {
 
     /// Pulls secrets that live outside the config tree (env or files).
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
-        self.auth
-            .resolve_secrets()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+        Ok(self.auth.resolve_secrets()?)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks every section, then the values that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
-        if self.hub.ring_size == 0 || self.hub.ring_size > 1_000_000 {
-            return bad("hub.ring_size must be between 1 and 1000000");
+        self.hub.validate()?;
+        self.broker.validate()?;
+        self.sse.validate().map_err(|source| ConfigError::Http {
+            section: "sse",
+            source,
+        })?;
+        self.http.validate().map_err(|source| ConfigError::Http {
+            section: "http",
+            source,
+        })?;
+        self.shutdown.validate()?;
+        self.auth.validate()?;
+        self.limits.validate()?;
+        self.cors.validate()?;
+        if self.hub.max_event_bytes > self.http.max_body_bytes {
+            return Err(ConfigError::Mismatch(
+                "hub.max_event_bytes must be at most http.max_body_bytes",
+            ));
         }
-        if self.hub.max_channels == 0 {
-            return bad("hub.max_channels must be at least 1");
-        }
-        if self.hub.max_event_bytes == 0 || self.hub.max_event_bytes > self.http.max_body_bytes {
-            return bad("hub.max_event_bytes must be at least 1 and at most http.max_body_bytes");
-        }
-        if self.hub.max_channel_name_len == 0 || self.hub.max_channel_name_len > 1024 {
-            return bad("hub.max_channel_name_len must be between 1 and 1024");
-        }
-        if self.sse.heartbeat_secs == 0 {
-            return bad("sse.heartbeat_secs must be at least 1");
-        }
-        if self.sse.write_timeout_secs == 0 {
-            return bad("sse.write_timeout_secs must be at least 1");
-        }
-        if self.sse.max_channels_per_connection == 0 {
-            return bad("sse.max_channels_per_connection must be at least 1");
-        }
-        if self.sse.coalesce_ms > 1000 {
-            return bad("sse.coalesce_ms must be at most 1000");
-        }
-        if self.sse.max_batch_bytes < 1024 {
-            return bad("sse.max_batch_bytes must be at least 1024");
-        }
-        if self.http.max_batch_events == 0 {
-            return bad("http.max_batch_events must be at least 1");
-        }
-        if self.http.header_read_timeout_secs == 0 || self.http.request_timeout_secs == 0 {
-            return bad("http timeouts must be at least 1 second");
-        }
-        if self.shutdown.grace_secs == 0 {
-            return bad("shutdown.grace_secs must be at least 1");
-        }
-        self.auth
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
-        self.limits
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
-        self.cors
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("cors: {e}")))?;
         Ok(())
     }
 }
@@ -313,17 +207,6 @@ fn is_service_link(key: &str) -> bool {
         || rest
             .split_once("_PORT_")
             .is_some_and(|(_, tail)| tail.starts_with(|c: char| c.is_ascii_digit()))
-}
-
-impl SseConfig {
-    /// Heartbeat interval as a duration.
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_secs)
-    }
-    /// Write-progress timeout as a duration.
-    pub fn write_timeout(&self) -> Duration {
-        Duration::from_secs(self.write_timeout_secs)
-    }
 }
 
 #[cfg(test)]
@@ -405,5 +288,19 @@ mod tests {
     fn zero_ring_is_rejected() {
         let err = Config::load(None, env(&[("HERALD_HUB__RING_SIZE", "0")])).unwrap_err();
         assert!(err.to_string().contains("ring_size"), "{err}");
+    }
+
+    #[test]
+    fn limits_env_keys_map_onto_fields() {
+        let env = [
+            ("HERALD_LIMITS__PUBLISH_PER_SECOND", "7"),
+            ("HERALD_LIMITS__PUBLISH_BURST", "9"),
+            ("HERALD_LIMITS__MAX_CONNECTIONS", "11"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = Config::load(None, env).expect("valid");
+        assert_eq!(cfg.limits.publish_per_second, 7);
+        assert_eq!(cfg.limits.publish_burst, 9);
+        assert_eq!(cfg.limits.max_connections, 11);
     }
 }

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(herald::auth::run_token_command(&config, args))
+            report(herald::auth::run_token_command(&config.auth, args))
         }
         None | Some(Command::Serve) => {
             let config = match load(cli.config) {
@@ -82,7 +82,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let telemetry =
             herald::telemetry::trace::init(&config.telemetry).context("cannot start telemetry")?;
-        let listener = herald::http::server::bind(config.listen, config.http.backlog)?;
+        let listener = herald::bind(config.listen, config.http.backlog)?;
         let shutdown = herald::shutdown::on_signal();
         let result = herald::run(config, listener, shutdown).await;
         telemetry.shutdown();

@@ -57,9 +57,42 @@ impl Default for CorsConfig {
     }
 }
 
+/// Why a `[cors]` section cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CorsConfigError {
+    /// `"*"` listed next to other values.
+    #[error("{0}: \"*\" must be the only entry")]
+    WildcardNotAlone(&'static str),
+    /// A wildcard together with `allow_credentials`.
+    #[error("{0} = [\"*\"] cannot be combined with allow_credentials; list the values explicitly")]
+    WildcardWithCredentials(&'static str),
+    /// An origin browsers would never send, or that cannot be trusted.
+    #[error("allowed_origins: {origin:?} {why}")]
+    BadOrigin {
+        /// The configured origin.
+        origin: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Not an HTTP method.
+    #[error("allowed_methods: {0:?} is not an HTTP method")]
+    BadMethod(String),
+    /// Not a header name.
+    #[error("{key}: {value:?} is not a header name")]
+    BadHeader {
+        /// `allowed_headers` or `expose_headers`.
+        key: &'static str,
+        /// The configured value.
+        value: String,
+    },
+    /// A preflight cache longer than browsers honour.
+    #[error("max_age_secs must be at most {MAX_AGE_LIMIT_SECS}")]
+    MaxAgeTooLong,
+}
+
 impl CorsConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), CorsConfigError> {
         let wildcard = |list: &[String]| list.iter().any(|v| v == "*");
         for (key, list) in [
             ("allowed_origins", &self.allowed_origins),
@@ -68,13 +101,10 @@ impl CorsConfig {
             ("expose_headers", &self.expose_headers),
         ] {
             if wildcard(list) && list.len() > 1 {
-                return Err(format!("{key}: \"*\" must be the only entry"));
+                return Err(CorsConfigError::WildcardNotAlone(key));
             }
             if wildcard(list) && self.allow_credentials {
-                return Err(format!(
-                    "{key} = [\"*\"] cannot be combined with allow_credentials; \
-                     list the values explicitly"
-                ));
+                return Err(CorsConfigError::WildcardWithCredentials(key));
             }
         }
         if !wildcard(&self.allowed_origins) {
@@ -85,7 +115,7 @@ impl CorsConfig {
         if !wildcard(&self.allowed_methods) {
             for m in &self.allowed_methods {
                 Method::from_bytes(m.as_bytes())
-                    .map_err(|_| format!("allowed_methods: {m:?} is not an HTTP method"))?;
+                    .map_err(|_| CorsConfigError::BadMethod(m.clone()))?;
             }
         }
         for (key, list) in [
@@ -94,21 +124,30 @@ impl CorsConfig {
         ] {
             if !wildcard(list) {
                 for h in list {
-                    HeaderName::from_bytes(h.as_bytes())
-                        .map_err(|_| format!("{key}: {h:?} is not a header name"))?;
+                    HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        CorsConfigError::BadHeader {
+                            key,
+                            value: h.clone(),
+                        }
+                    })?;
                 }
             }
         }
         if self.max_age_secs > MAX_AGE_LIMIT_SECS {
-            return Err(format!("max_age_secs must be at most {MAX_AGE_LIMIT_SECS}"));
+            return Err(CorsConfigError::MaxAgeTooLong);
         }
         Ok(())
     }
 }
 
 /// Checks one explicit origin: `scheme://host[:port]`, lower case, no path.
-fn check_origin(origin: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("allowed_origins: {origin:?} {why}"));
+fn check_origin(origin: &str) -> Result<(), CorsConfigError> {
+    let bad = |why: &'static str| {
+        Err(CorsConfigError::BadOrigin {
+            origin: origin.to_string(),
+            why,
+        })
+    };
     if origin == "null" {
         return bad("is the opaque origin of sandboxed pages and files; it cannot be trusted");
     }
@@ -214,7 +253,7 @@ mod tests {
             allow_credentials: true,
             ..any
         };
-        let err = with_creds.validate().unwrap_err();
+        let err = with_creds.validate().unwrap_err().to_string();
         assert!(err.contains("allow_credentials"), "{err}");
         assert!(layer(&with_creds).is_none(), "never a panicking layer");
 

@@ -12,11 +12,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
+use super::AppState;
+use super::connection::ConnInfo;
 use super::error::ApiError;
-use super::{AppState, ConnInfo};
-use crate::auth::{AuthError, Authenticator, Claims};
-use crate::config::Config;
-use crate::limits::{LimitKey, Limited, Limits};
+use crate::auth::{AuthConfig, AuthError, Authenticator, Claims};
+use crate::limits::{LimitKey, Limits, LimitsConfig, LimitsConfigError};
 
 /// Who made a request; set by [`authenticate`] for the handlers.
 #[derive(Debug, Clone)]
@@ -60,38 +60,23 @@ impl StreamPermit {
     }
 }
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e.status().as_u16() {
-            401 => ApiError::Unauthorized {
-                code: e.code(),
-                message: e.to_string(),
-            },
-            403 => ApiError::Forbidden(e.to_string()),
-            _ => ApiError::Unavailable {
-                code: e.code(),
-                message: e.to_string(),
-            },
-        }
-    }
-}
-
-impl From<Limited> for ApiError {
-    fn from(l: Limited) -> Self {
-        ApiError::TooManyRequests {
-            limit: l.limit,
-            message: format!("too many requests ({} limit); retry later", l.limit),
-            retry_after: l.retry_after,
-        }
-    }
+/// Why the edge could not be built from config.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Keys or secrets could not be loaded.
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
+    /// The limits section does not work.
+    #[error("limits: {0}")]
+    Limits(#[from] LimitsConfigError),
 }
 
 impl Edge {
-    /// Builds the edge from a validated config.
-    pub fn new(config: &Config) -> Result<Self, String> {
+    /// Builds the edge from the validated `[auth]` and `[limits]` sections.
+    pub fn new(auth: &AuthConfig, limits: &LimitsConfig) -> Result<Self, EdgeError> {
         Ok(Self {
-            auth: Authenticator::from_config(&config.auth).map_err(|e| format!("auth: {e}"))?,
-            limits: Limits::new(&config.limits).map_err(|e| format!("limits: {e}"))?,
+            auth: Authenticator::from_config(auth)?,
+            limits: Limits::new(limits)?,
         })
     }
 
@@ -101,7 +86,7 @@ impl Edge {
     }
 
     /// The JWKS key cache, when `auth.jwks_url` is set.
-    pub fn jwks(&self) -> Option<Arc<crate::jwks::JwksCache>> {
+    pub fn jwks(&self) -> Option<Arc<crate::auth::JwksCache>> {
         self.auth.jwks().cloned()
     }
 
@@ -182,11 +167,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<ConnInfo>>().cloned() else {
-        return ApiError::Unavailable {
-            code: "internal",
-            message: "connection info missing".into(),
-        }
-        .into_response();
+        return ApiError::Internal("connection info missing".into()).into_response();
     };
     match state
         .edge

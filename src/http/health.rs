@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::error::error_response;
+use super::error::ApiError;
 
 /// `GET /healthz`: the process is alive.
 pub async fn get_health() -> Response {
@@ -18,12 +18,8 @@ pub async fn get_health() -> Response {
 
 /// `GET /readyz`: 200 while accepting work, 503 while draining.
 pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_draining() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the server is shutting down",
-        );
+    if state.drain.is_closing() {
+        return ApiError::draining().into_response();
     }
     Json(json!({ "status": "ready", "broker": "memory", "epoch": state.hub.epoch().to_string() }))
         .into_response()
@@ -31,6 +27,9 @@ pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus exposition text.
 pub async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Gauges that are cheaper to read at scrape time than to keep current.
+    metrics::gauge!(crate::telemetry::metrics::HISTORY_BYTES)
+        .set(state.hub.retained_bytes() as f64);
     match &state.metrics {
         Some(handle) => (
             [(
@@ -40,7 +39,7 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
             crate::telemetry::metrics::render(handle),
         )
             .into_response(),
-        None => error_response(StatusCode::NOT_FOUND, "not_found", "metrics are disabled"),
+        None => ApiError::NotFound("metrics are disabled".into()).into_response(),
     }
 }
 
@@ -59,7 +58,7 @@ pub async fn get_static(Path(file): Path<String>) -> Response {
         "herald.js" => static_response("text/javascript; charset=utf-8", HERALD_JS),
         "herald.css" => static_response("text/css; charset=utf-8", HERALD_CSS),
         "index.html" => static_response("text/html; charset=utf-8", INDEX_HTML),
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such file"),
+        _ => ApiError::NotFound("no such file".into()).into_response(),
     }
 }
 

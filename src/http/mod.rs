@@ -1,18 +1,27 @@
-//! The HTTP surface: router assembly and shared state. Handlers live in
-//! `subscribe` (SSE), `publish` (publish and stats) and `health`; `edge`
-//! holds auth and limits; `server` runs the connection loop.
+//! The HTTP surface: router assembly and the state handlers share.
+//!
+//! - [`config`]: the `[http]` and `[sse]` sections.
+//! - [`error`]: the one API error type; every error becomes a response there.
+//! - [`edge`]: authentication and limits in front of the handlers.
+//! - [`cors`]: the CORS layer.
+//! - [`subscribe`], [`publish`], [`health`]: the handlers.
+//! - [`listener`]: binding and the accept loop; [`connection`]: one
+//!   connection and its two paths (hyper, or `stream_conn` for `GET /events`);
+//!   `watchdog`: the write-progress timeout both paths share.
 
+pub mod config;
+pub mod connection;
 pub mod cors;
 pub mod edge;
 pub mod error;
 pub mod health;
+pub mod listener;
 pub mod publish;
-pub mod server;
+mod request_id;
 mod stream_conn;
 pub mod subscribe;
 mod watchdog;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,24 +32,27 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::config::Config;
 use crate::hub::Hub;
+use crate::shutdown::Drain;
 use crate::telemetry::metrics as m;
-use error::error_response;
-use subscribe::CloseCell;
+use config::{HttpConfig, SseConfig};
+use cors::CorsConfig;
+use error::{ApiError, json_rejection};
 
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
     /// The broadcast core.
     pub hub: Hub,
-    /// The validated config.
-    pub config: Arc<Config>,
-    /// Cancelled when the server starts draining.
-    pub shutdown: CancellationToken,
+    /// `[http]` settings.
+    pub http: HttpConfig,
+    /// `[sse]` settings.
+    pub sse: SseConfig,
+    /// The drain: refuses new work, then lets streams wind down.
+    pub drain: Drain,
     /// Renders `/metrics`; `None` when metrics are off on this listener.
     pub metrics: Option<PrometheusHandle>,
     /// Authentication and limits.
@@ -49,9 +61,6 @@ pub struct AppState {
     pub sse_metrics: SseMetrics,
     /// Channels that may appear as a metric label (operator allowlist).
     pub channel_labels: std::collections::HashSet<String>,
-    /// Set as soon as the accept loop stops; the one answer to "are we
-    /// draining?" for handlers, readiness and every stream wake-up.
-    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Metric handles for the per-batch path (no registry lookup per write).
@@ -72,56 +81,34 @@ impl SseMetrics {
     }
 }
 
-/// Per-connection facts, inserted into each request by the server loop.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The socket peer.
-    pub peer: SocketAddr,
-    /// Why the connection closed, when the IO layer knows first.
-    pub close: Arc<CloseCell>,
-}
-
 impl AppState {
-    /// Builds the state from a validated config.
+    /// Builds the state from its validated parts.
     pub fn new(
-        config: Arc<Config>,
         hub: Hub,
-        shutdown: CancellationToken,
+        edge: edge::Edge,
+        http: HttpConfig,
+        sse: SseConfig,
+        channel_labels: &[String],
         metrics: Option<PrometheusHandle>,
-    ) -> Result<Self, String> {
-        Ok(Self {
-            channel_labels: config
-                .telemetry
-                .channel_label_allowlist
-                .iter()
-                .cloned()
-                .collect(),
-            edge: edge::Edge::new(&config)?,
+    ) -> Self {
+        Self {
+            channel_labels: channel_labels.iter().cloned().collect(),
+            edge,
             hub,
-            config,
-            shutdown,
+            http,
+            sse,
+            drain: Drain::default(),
             metrics,
             sse_metrics: SseMetrics::new(),
-            draining: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    /// Whether the server has started draining (cheap: one relaxed load).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Marks the server as draining.
-    pub fn start_draining(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
-/// The application router: every route, with its middleware.
-pub fn router(state: Arc<AppState>) -> Router {
-    let timeout = Duration::from_secs(state.config.http.request_timeout_secs);
-    let max_body = state.config.http.max_body_bytes;
+/// The application router: every route, with its middleware. `/metrics` is
+/// served here only with `serve_metrics` (no separate admin listener).
+pub fn router(state: Arc<AppState>, cors: &CorsConfig, serve_metrics: bool) -> Router {
+    let timeout = Duration::from_secs(state.http.request_timeout_secs);
+    let max_body = state.http.max_body_bytes;
     // Non-streaming routes get a deadline; the SSE route must not.
     let auth = middleware::from_fn_with_state(Arc::clone(&state), edge::authenticate);
     let bounded = Router::new()
@@ -143,17 +130,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/events", get(subscribe::subscribe_events))
         .route_layer(auth)
         .merge(bounded);
-    if state.config.telemetry.metrics_enabled && state.config.telemetry.admin_listen.is_none() {
+    if serve_metrics {
         app = app.route("/metrics", get(health::get_metrics));
     }
     let mut app = app
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::clone(&state));
-    if let Some(cors) = cors::layer(&state.config.cors) {
+    if let Some(cors) = cors::layer(cors) {
         app = app.layer(cors);
     }
+    // The last layer added runs first: the incoming id is bounded, then
+    // set, then echoed, all before the span that records it.
     app.layer(middleware::from_fn(observe_request))
+        .layer(PropagateRequestIdLayer::new(
+            request_id::X_REQUEST_ID.clone(),
+        ))
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID.clone(),
+            request_id::NextId,
+        ))
+        .layer(middleware::map_request(request_id::bound_incoming))
 }
 
 /// The admin router (`/metrics`, `/healthz`, `/readyz`) for a separate listener.
@@ -166,16 +163,12 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
 }
 
-async fn method_not_allowed() -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route",
-    )
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Request span, HTTP metrics and rejection mapping. The span names the
@@ -194,6 +187,7 @@ async fn observe_request(req: Request, next: Next) -> Response {
         http.method = %method,
         http.route = %route,
         http.status = tracing::field::Empty,
+        request_id = %request_id::of(&req),
     );
     crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
@@ -218,42 +212,4 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         axum::http::Method::DELETE => "DELETE",
         _ => "OTHER",
     }
-}
-
-/// Rewrites axum's plain-text rejections (body too large, timeouts) into
-/// the JSON error shape; every API error then has the same body.
-async fn json_rejection(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return response;
-    }
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let message = String::from_utf8_lossy(&text);
-    let message = if message.trim().is_empty() {
-        status.canonical_reason().unwrap_or("error").to_string()
-    } else {
-        message.trim().to_string()
-    };
-    let mut fixed = error_response(status, code, &message);
-    for (name, value) in parts.headers.iter() {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            fixed.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    fixed
 }

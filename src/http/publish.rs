@@ -48,12 +48,10 @@ pub async fn publish_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if state.is_draining() {
-        return Err(ApiError::Unavailable {
-            code: "draining",
-            message: "the server is shutting down".into(),
-        });
-    }
+    // Held to the end: the drain waits for admitted publishes to finish.
+    let Some(_admitted) = state.drain.begin_publish() else {
+        return Err(ApiError::draining());
+    };
     let (channel, batch) = if let Some(c) = path.strip_suffix("/events/batch") {
         (c, true)
     } else if let Some(c) = path.strip_suffix("/events") {
@@ -68,7 +66,7 @@ pub async fn publish_events(
     check_json_content_type(&headers)?;
     let events = if batch {
         let parsed: BatchBody = parse_json(&body)?;
-        let max = state.config.http.max_batch_events;
+        let max = state.http.max_batch_events;
         if parsed.events.is_empty() || parsed.events.len() > max {
             return Err(ApiError::bad_request(
                 "invalid_batch",
@@ -147,10 +145,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         {
             Ok(())
         }
-        Some(_) => Err(ApiError::BadRequest {
-            code: "unsupported_media_type",
-            message: "send the body as application/json".into(),
-        }),
+        Some(_) => Err(ApiError::UnsupportedMediaType),
     }
 }
 

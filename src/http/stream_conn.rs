@@ -20,16 +20,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Request, header};
+use axum::response::IntoResponse as _;
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::ConnInfo;
-use super::error::error_response;
-use super::subscribe::{CloseCell, CloseReason};
+use super::connection::{CloseCell, CloseReason, ConnInfo};
+use super::error::ApiError;
 use super::watchdog::WatchdogIo;
 
 /// Largest request head accepted on this path.
@@ -96,7 +96,7 @@ pub(crate) async fn serve(
     let response = match tokio::time::timeout(header_timeout, Box::pin(read_head(&mut io))).await {
         Err(_) => return Ok(()), // slow headers: just close, as hyper does
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(Err((status, code, message)))) => error_response(status, code, message),
+        Ok(Ok(Err(refused))) => refused.into_response(),
         Ok(Ok(Ok(mut request))) => {
             request.extensions_mut().insert(ConnectInfo(info));
             match Box::pin(app.oneshot(request)).await {
@@ -201,14 +201,12 @@ async fn stream_body(mut io: WatchdogIo, mut body: Body, close: &CloseCell) -> i
     io.shutdown().await
 }
 
-/// A parsed request, or the status, code and message refusing it.
-type HeadResult = Result<Request<Body>, (StatusCode, &'static str, &'static str)>;
+/// A parsed request, or the error refusing it.
+type HeadResult = Result<Request<Body>, ApiError>;
 
-const MALFORMED: (StatusCode, &str, &str) = (
-    StatusCode::BAD_REQUEST,
-    "bad_request",
-    "malformed request head",
-);
+fn malformed() -> ApiError {
+    ApiError::bad_request("bad_request", "malformed request head")
+}
 
 /// Reads and parses the request head.
 async fn read_head(io: &mut WatchdogIo) -> io::Result<HeadResult> {
@@ -216,11 +214,7 @@ async fn read_head(io: &mut WatchdogIo) -> io::Result<HeadResult> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() >= MAX_HEAD {
-            return Ok(Err((
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header_too_large",
-                "the request head is too large",
-            )));
+            return Ok(Err(ApiError::HeaderTooLarge));
         }
         buf.reserve(1024.min(MAX_HEAD - buf.len()));
         let n = (&mut *io)
@@ -234,14 +228,14 @@ async fn read_head(io: &mut WatchdogIo) -> io::Result<HeadResult> {
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&buf) {
             Ok(httparse::Status::Partial) => continue,
-            Err(_) => return Ok(Err(MALFORMED)),
+            Err(_) => return Ok(Err(malformed())),
             Ok(httparse::Status::Complete(_)) => return Ok(build_request(&parsed)),
         }
     }
 }
 
 fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
-    let bad = Err(MALFORMED);
+    let bad = Err(malformed());
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
         return bad;
     };
@@ -261,8 +255,7 @@ fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
                 .iter()
                 .all(|b| b.is_ascii_whitespace() || *b == b'0');
             if !empty {
-                return Err((
-                    StatusCode::BAD_REQUEST,
+                return Err(ApiError::bad_request(
                     "body_not_allowed",
                     "GET /events takes no request body",
                 ));
@@ -276,5 +269,5 @@ fn build_request(parsed: &httparse::Request<'_, '_>) -> HeadResult {
         };
         builder = builder.header(name, value);
     }
-    builder.body(Body::empty()).map_err(|_| MALFORMED)
+    builder.body(Body::empty()).map_err(|_| malformed())
 }

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Extension;
@@ -19,10 +18,12 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::AppState;
+use super::connection::{CloseCell, CloseReason, ConnInfo};
 use super::edge::Identity;
 use super::error::ApiError;
-use super::{AppState, ConnInfo};
-use crate::hub::{Resume, Subscription};
+use crate::hub::frame::{HEARTBEAT, retry_frame, token_expired_frame};
+use crate::hub::{Batch, Resume, Subscription};
 use crate::telemetry::metrics as m;
 
 /// One batch in this many per stream records its fan-out latency (the
@@ -73,66 +74,6 @@ impl SubscribeQuery {
     }
 }
 
-/// Why a stream ended, for `herald_connections_closed_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CloseReason {
-    /// Not decided yet.
-    Open = 0,
-    /// The client went away.
-    Client = 1,
-    /// The server is draining.
-    Shutdown = 2,
-    /// The credential expired mid-stream.
-    TokenExpired = 3,
-    /// The socket accepted no bytes within the write timeout.
-    WriteTimeout = 4,
-    /// The connection failed.
-    Error = 5,
-}
-
-impl CloseReason {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Client,
-            2 => Self::Shutdown,
-            3 => Self::TokenExpired,
-            4 => Self::WriteTimeout,
-            5 => Self::Error,
-            _ => Self::Open,
-        }
-    }
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open | Self::Client => "client",
-            Self::Shutdown => "shutdown",
-            Self::TokenExpired => "token_expired",
-            Self::WriteTimeout => "write_timeout",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// Shared between a connection's IO watchdog and its stream, so the stream
-/// can report why the connection closed.
-#[derive(Debug, Default)]
-pub struct CloseCell(AtomicU8);
-
-impl CloseCell {
-    /// Records a reason unless one is already set.
-    pub fn set(&self, reason: CloseReason) {
-        let _ = self
-            .0
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-    }
-    /// The recorded reason.
-    pub fn get(&self) -> CloseReason {
-        CloseReason::from_u8(self.0.load(Ordering::Acquire))
-    }
-}
-
 /// `GET /events?channel=NAME[&channel=...]`.
 pub async fn subscribe_events(
     State(state): State<Arc<AppState>>,
@@ -141,14 +82,10 @@ pub async fn subscribe_events(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    if state.is_draining() {
-        return Err(ApiError::Unavailable {
-            code: "draining",
-            message: "the server is shutting down".into(),
-        });
+    if state.drain.is_closing() {
+        return Err(ApiError::draining());
     }
-    let query =
-        SubscribeQuery::parse(raw.as_deref(), state.config.sse.max_channels_per_connection)?;
+    let query = SubscribeQuery::parse(raw.as_deref(), state.sse.max_channels_per_connection)?;
     for channel in &query.channels {
         state.hub.validate_channel(channel)?;
     }
@@ -177,8 +114,8 @@ pub async fn subscribe_events(
     tracing::debug!(parent: &span, peer = %conn.peer, "stream opened");
     metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
-    let sse = &state.config.sse;
-    let preamble = Bytes::from(format!("retry: {}\n\n", sse.retry_ms));
+    let sse = &state.sse;
+    let preamble = retry_frame(sse.retry_ms);
     let expires_at = permit.expires_at();
     let next_heartbeat = Instant::now() + sse.heartbeat();
     let first_wake = expires_at.map_or(next_heartbeat, |e| e.min(next_heartbeat));
@@ -187,7 +124,7 @@ pub async fn subscribe_events(
         preamble: Some(preamble),
         timer: tokio::time::sleep_until(first_wake),
         expires_at,
-        shutdown: state.shutdown.clone().cancelled_owned(),
+        released: state.drain.released(),
         done: false,
         batches: 0,
         guard: StreamGuard {
@@ -250,7 +187,7 @@ pin_project! {
         timer: Sleep,
         expires_at: Option<Instant>,
         #[pin]
-        shutdown: WaitForCancellationFutureOwned,
+        released: WaitForCancellationFutureOwned,
         done: bool,
         batches: u32,
         guard: StreamGuard,
@@ -262,9 +199,30 @@ pin_project! {
 fn end_for_shutdown(done: &mut bool, guard: &mut StreamGuard) -> Frame<Bytes> {
     *done = true;
     guard.reason = CloseReason::Shutdown;
-    let max = guard.state.config.sse.shutdown_retry_max_ms.max(1000);
-    let retry = fastrand::u64(max / 5..=max);
-    Frame::data(Bytes::from(format!("retry: {retry}\n\n")))
+    let max = guard.state.sse.shutdown_retry_max_ms.max(1000);
+    Frame::data(retry_frame(fastrand::u64(max / 5..=max)))
+}
+
+/// Counts a delivered batch: events, sampled fan-out latency, and a fan-out
+/// span when traces are on.
+fn record_delivery(state: &AppState, batches: &mut u32, batch: &Batch) {
+    let shared = &state.sse_metrics;
+    shared.delivered.increment(batch.events as u64);
+    // Latency is sampled: one batch in LATENCY_SAMPLE_EVERY per stream,
+    // which keeps the clock read and histogram push off most writes while
+    // still covering every subscriber.
+    *batches = batches.wrapping_add(1);
+    if *batches % LATENCY_SAMPLE_EVERY == 1
+        && let Some(oldest) = batch.oldest
+    {
+        shared.latency.record(oldest.elapsed().as_secs_f64());
+    }
+    // At most one span per batch, and none unless traces are on.
+    if crate::telemetry::trace::enabled()
+        && let Some(publish) = &batch.trace
+    {
+        let _fanout = crate::telemetry::trace::fanout_span(publish, batch.events);
+    }
 }
 
 impl http_body::Body for SseBody {
@@ -282,46 +240,33 @@ impl http_body::Body for SseBody {
         if let Some(first) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        // Draining is seen on every wake through one relaxed load; the
-        // shutdown future itself is polled on the idle path below, where it
-        // registers the wake-up.
-        if this.guard.state.is_draining() {
-            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
-        }
         // Only streams with an expiring credential read the clock here.
         if this.expires_at.is_some_and(|e| e <= Instant::now()) {
             *this.done = true;
             this.guard.reason = CloseReason::TokenExpired;
-            let retry = this.guard.state.config.sse.retry_ms;
-            let frame = format!(
-                "event: herald.token_expired\ndata: {{\"reason\":\"token_expired\",\"message\":\"refresh the token and reconnect\"}}\n\nretry: {retry}\n\n"
-            );
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
+            let frame = token_expired_frame(this.guard.state.sse.retry_ms);
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        // Once the drain releases streams, each writes out every event up
+        // to the final head (all that got a 202), then ends.
+        let end = this.guard.state.drain.stream_end();
+        if end.is_some_and(|head| this.sub.position() >= head) {
+            return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
         }
         if let Poll::Ready(batch) = this.sub.poll_batch(cx) {
             if batch.events > 0 {
-                let shared = &this.guard.state.sse_metrics;
-                shared.delivered.increment(batch.events as u64);
-                // Latency is sampled: one batch in LATENCY_SAMPLE_EVERY per
-                // stream, which keeps the clock read and histogram push off
-                // most writes while still covering every subscriber.
-                *this.batches = this.batches.wrapping_add(1);
-                if *this.batches % LATENCY_SAMPLE_EVERY == 1
-                    && let Some(oldest) = batch.oldest
-                {
-                    shared.latency.record(oldest.elapsed().as_secs_f64());
-                }
-                // At most one span per batch, and none unless traces are on.
-                if crate::telemetry::trace::enabled()
-                    && let Some(publish) = &batch.trace
-                {
-                    let _fanout = crate::telemetry::trace::fanout_span(publish, batch.events);
-                }
+                record_delivery(&this.guard.state, this.batches, &batch);
             }
             return Poll::Ready(Some(Ok(Frame::data(batch.bytes))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if end.is_some() {
+            // Nothing left to write: caught up with the final head.
             return Poll::Ready(Some(Ok(end_for_shutdown(this.done, this.guard))));
+        }
+        if this.released.as_mut().poll(cx).is_ready() {
+            // Come straight back: the branch above now knows the final head.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         if this.timer.as_mut().poll(cx).is_ready() {
             if this.expires_at.is_some_and(|e| e <= Instant::now()) {
@@ -329,14 +274,12 @@ impl http_body::Body for SseBody {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let next_heartbeat = Instant::now() + this.guard.state.config.sse.heartbeat();
+            let next_heartbeat = Instant::now() + this.guard.state.sse.heartbeat();
             this.timer.as_mut().reset(
                 this.expires_at
                     .map_or(next_heartbeat, |e| e.min(next_heartbeat)),
             );
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                b": heartbeat\n\n",
-            )))));
+            return Poll::Ready(Some(Ok(Frame::data(HEARTBEAT))));
         }
         Poll::Pending
     }

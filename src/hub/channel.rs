@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use super::event::Event;
 
@@ -41,7 +42,18 @@ pub(crate) struct Ring {
     /// dropped with an earlier incarnation of the channel). Replay after seq
     /// S is complete exactly when `evicted_through <= S`.
     evicted_through: u64,
-    /// Set by the reaper: publishers must look the channel up again.
+    /// Bytes of the retained events (`Event::charge`).
+    pub(crate) bytes: usize,
+    /// The key this channel is filed under in the memory budget's
+    /// oldest-first index (0: not filed). It may trail the oldest retained
+    /// seq after ring evictions; the budget fixes it lazily.
+    pub(crate) budget_key: u64,
+    /// Whether the channel ever held an event. A channel that never did is
+    /// removed with its last subscriber and does not count against
+    /// `hub.max_channels`.
+    pub(crate) held_any: bool,
+    /// Set when the channel leaves the hub's map: publishers must look the
+    /// channel up again.
     pub(crate) dead: bool,
 }
 
@@ -70,6 +82,8 @@ pub struct ChannelStats {
     pub ring_capacity: usize,
     /// Seq of the newest event no longer retained (0 if none).
     pub evicted_through: u64,
+    /// Bytes the retained events cost.
+    pub bytes: usize,
 }
 
 impl Channel {
@@ -81,6 +95,9 @@ impl Channel {
                 events: VecDeque::new(),
                 capacity,
                 evicted_through: floor,
+                bytes: 0,
+                budget_key: 0,
+                held_any: false,
                 dead: false,
             }),
             notify: Arc::new(Notify::new()),
@@ -105,9 +122,10 @@ impl Channel {
         self.subscribers.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn remove_subscriber(&self, now_ms: u64) {
+    /// Drops one subscriber; returns how many remain.
+    pub(crate) fn remove_subscriber(&self, now_ms: u64) -> usize {
         self.last_active_ms.store(now_ms, Ordering::Relaxed);
-        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.subscribers.fetch_sub(1, Ordering::AcqRel) - 1
     }
 
     /// Wakes every subscriber after a publish. With a coalescing window,
@@ -115,7 +133,8 @@ impl Channel {
     /// publish after a quiet window wakes them at once, later ones are
     /// gathered into one deferred wake-up at the end of the window, so each
     /// subscriber writes them in one batch.
-    pub(crate) fn wake(self: &Arc<Self>, now_ms: u64, window_ms: u64) {
+    /// A deferred wake-up runs as a task of `tasks`, so a drain waits for it.
+    pub(crate) fn wake(self: &Arc<Self>, now_ms: u64, window_ms: u64, tasks: &TaskTracker) {
         if window_ms == 0 {
             self.notify.notify_waiters();
             return;
@@ -132,7 +151,7 @@ impl Channel {
         }
         let channel = Arc::clone(self);
         let delay = (last + window_ms).saturating_sub(now_ms).max(1);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             channel
                 .last_wake_ms
@@ -205,19 +224,37 @@ impl Channel {
             ring_len: ring.events.len(),
             ring_capacity: ring.capacity,
             evicted_through: ring.evicted_through,
+            bytes: ring.bytes,
         }
     }
 }
 
 impl Ring {
-    /// Appends an event, evicting the oldest when full.
-    pub(crate) fn push(&mut self, event: Arc<Event>) {
-        if self.events.len() == self.capacity
-            && let Some(old) = self.events.pop_front()
-        {
-            self.evicted_through = old.id.seq;
-        }
+    /// Appends an event, evicting the oldest when full; returns the evicted
+    /// event.
+    pub(crate) fn push(&mut self, event: Arc<Event>) -> Option<Arc<Event>> {
+        let evicted = if self.events.len() == self.capacity {
+            self.pop_front()
+        } else {
+            None
+        };
+        self.bytes += event.charge();
+        self.held_any = true;
         self.events.push_back(event);
+        evicted
+    }
+
+    /// Drops the oldest retained event, remembering that it is gone.
+    pub(crate) fn pop_front(&mut self) -> Option<Arc<Event>> {
+        let old = self.events.pop_front()?;
+        self.evicted_through = old.id.seq;
+        self.bytes -= old.charge();
+        Some(old)
+    }
+
+    /// Seq of the oldest retained event.
+    pub(crate) fn front_seq(&self) -> Option<u64> {
+        self.events.front().map(|e| e.id.seq)
     }
 
     /// The newest seq this channel has ever held or dropped.

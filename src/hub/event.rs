@@ -1,18 +1,24 @@
-//! Events and their SSE wire frames. Each event is encoded once, at publish
-//! time, into `Bytes` that every subscriber shares; fan-out adds only a
-//! reference count.
+//! Events. Each event is encoded once, at publish (or arrival) time, into
+//! an SSE frame (`Bytes`, built by [`super::frame`]) that every subscriber
+//! shares; fan-out adds only a reference count. The frame is the only copy
+//! of the data that is kept: the envelope form is derived from it on demand.
 
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::frame::{put_fields, put_json_string};
 use super::id::EventId;
 
 /// Room reserved in front of an encoded frame for its `id:` line, which is
 /// only known once the sequencer assigns the seq: `id: ` + 20 + `-` + 20 + `\n`.
 const ID_SLOT: usize = 48;
+
+/// Bytes an event costs beyond its frame: the struct, the `Arc` header and
+/// its ring slot. Counted against `hub.max_memory_bytes`.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 16 + 8;
 
 /// An immutable published event, shared by the ring and every subscriber.
 #[derive(Debug)]
@@ -21,17 +27,14 @@ pub struct Event {
     pub id: EventId,
     /// The channel it was published to.
     pub channel: Arc<str>,
-    /// Optional SSE event type.
-    pub event_type: Option<Box<str>>,
-    /// The data as sent to subscribers.
-    pub data: Box<str>,
-    /// Whether `data` is JSON text (an object, number, ...) rather than a plain string.
-    pub data_is_json: bool,
     /// The complete SSE frame, `id:`, `event:`, `data:` lines and the blank line.
     pub frame: Bytes,
-    /// The envelope frame, built on first use by an envelope subscriber.
-    envelope: OnceLock<Bytes>,
-    /// When the publish was accepted, for fan-out latency.
+    /// The data exactly as published, kept only when it holds a CR, which
+    /// the frame's line splitting cannot represent (the envelope needs it).
+    raw_data: Option<Box<str>>,
+    /// Whether the data is JSON text (an object, number, ...) rather than a plain string.
+    pub data_is_json: bool,
+    /// When the publish was accepted (or the event arrived), for fan-out latency.
     pub published_at: Instant,
     /// The publish span's context, so fan-out can link to it.
     pub trace: Option<opentelemetry::trace::SpanContext>,
@@ -50,18 +53,27 @@ pub struct NewEvent {
 
 /// A `NewEvent` encoded outside the sequencer lock, waiting for its id.
 pub(crate) struct PendingEvent {
-    event: NewEvent,
     buf: BytesMut,
+    raw_data: Option<Box<str>>,
+    data_is_json: bool,
 }
 
 impl PendingEvent {
-    /// Encodes everything but the `id:` line.
+    /// Encodes everything but the `id:` line; the `NewEvent` is consumed.
     pub(crate) fn encode(event: NewEvent) -> Self {
         let type_len = event.event_type.as_ref().map_or(0, |t| t.len() + 8);
         let mut buf = BytesMut::with_capacity(ID_SLOT + type_len + event.data.len() + 16);
         buf.put_bytes(0, ID_SLOT);
         put_fields(&mut buf, None, event.event_type.as_deref(), &event.data);
-        Self { event, buf }
+        let raw_data = event
+            .data
+            .contains('\r')
+            .then(|| event.data.into_boxed_str());
+        Self {
+            buf,
+            raw_data,
+            data_is_json: event.data_is_json,
+        }
     }
 
     /// Writes the id in front of the frame and seals the event.
@@ -86,11 +98,9 @@ impl PendingEvent {
         Event {
             id,
             channel,
-            event_type: self.event.event_type.map(String::into_boxed_str),
-            data: self.event.data.into_boxed_str(),
-            data_is_json: self.event.data_is_json,
             frame,
-            envelope: OnceLock::new(),
+            raw_data: self.raw_data,
+            data_is_json: self.data_is_json,
             published_at,
             trace,
         }
@@ -98,86 +108,70 @@ impl PendingEvent {
 }
 
 impl Event {
-    /// The envelope frame: data is `{"channel","id","event","data"}` JSON.
-    /// Built once per event, then shared by every envelope subscriber.
-    pub fn envelope_frame(&self) -> &Bytes {
-        self.envelope.get_or_init(|| {
-            let mut json = String::with_capacity(self.data.len() + self.channel.len() + 64);
-            json.push_str("{\"channel\":");
-            push_json_string(&mut json, &self.channel);
-            json.push_str(",\"id\":\"");
-            json.push_str(&self.id.to_string());
-            json.push_str("\",\"event\":");
-            match &self.event_type {
-                Some(t) => push_json_string(&mut json, t),
-                None => json.push_str("null"),
-            }
-            json.push_str(",\"data\":");
-            if self.data_is_json {
-                json.push_str(&self.data);
-            } else {
-                push_json_string(&mut json, &self.data);
-            }
-            json.push('}');
-            let mut buf = BytesMut::with_capacity(json.len() + 64);
-            put_fields(&mut buf, Some(self.id), self.event_type.as_deref(), &json);
-            buf.freeze()
-        })
+    /// Bytes this event costs while retained (frame, CR-preserving copy and
+    /// fixed overhead), as counted against `hub.max_memory_bytes`.
+    pub fn charge(&self) -> usize {
+        self.frame.len() + self.raw_data.as_ref().map_or(0, |d| d.len()) + EVENT_OVERHEAD
     }
-}
 
-fn push_json_string(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
-}
+    /// The event type, read back from the frame.
+    pub fn event_type(&self) -> Option<&str> {
+        self.fields().0
+    }
 
-/// Writes `data` as one `data:` line per line of input. CR, LF and CRLF all
-/// end a line, as the SSE parser treats them, so no payload can start a new
-/// field or event.
-pub fn put_data_lines(buf: &mut BytesMut, data: &str) {
-    let bytes = data.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' | b'\r' => {
-                buf.put_slice(b"data: ");
-                buf.put_slice(&bytes[start..i]);
-                buf.put_u8(b'\n');
-                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                start = i + 1;
-            }
-            _ => {}
+    /// The data as published (lines joined with `\n`, or the CR-preserving copy).
+    pub fn data(&self) -> std::borrow::Cow<'_, str> {
+        if let Some(raw) = &self.raw_data {
+            return std::borrow::Cow::Borrowed(raw);
         }
-        i += 1;
+        let lines = self.fields().1;
+        match lines.as_slice() {
+            [one] => std::borrow::Cow::Borrowed(one),
+            many => std::borrow::Cow::Owned(many.join("\n")),
+        }
     }
-    buf.put_slice(b"data: ");
-    buf.put_slice(&bytes[start..]);
-    buf.put_u8(b'\n');
-}
 
-/// Builds a standalone SSE frame with the given fields (used for resets).
-pub fn control_frame(id: Option<EventId>, event_type: &str, data: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(data.len() + 64);
-    put_fields(&mut buf, id, Some(event_type), data);
-    buf.freeze()
-}
+    /// The frame's `event:` value and its `data:` lines.
+    fn fields(&self) -> (Option<&str>, Vec<&str>) {
+        // The frame was built from UTF-8 by `put_fields`.
+        let text = std::str::from_utf8(&self.frame).unwrap_or("");
+        let mut event_type = None;
+        let mut data = Vec::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("event: ") {
+                event_type = Some(t);
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push(d);
+            }
+        }
+        (event_type, data)
+    }
 
-/// Writes one whole SSE event: the optional `id:` and `event:` lines, the
-/// `data:` lines and the blank line that dispatches it. Every frame Herald
-/// sends is built here.
-fn put_fields(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&str>, data: &str) {
-    if let Some(id) = id {
-        buf.put_slice(format!("id: {id}\n").as_bytes());
+    /// Appends this event's envelope frame — data becomes
+    /// `{"channel","id","event","data"}` JSON — to `buf`. Built per envelope
+    /// subscriber per batch, so the ring never holds a second copy.
+    pub fn put_envelope(&self, buf: &mut BytesMut) {
+        let (event_type, _) = self.fields();
+        let data = self.data();
+        let mut json = String::with_capacity(data.len() + self.channel.len() + 64);
+        json.push_str("{\"channel\":");
+        put_json_string(&mut json, &self.channel);
+        json.push_str(",\"id\":\"");
+        json.push_str(&self.id.to_string());
+        json.push_str("\",\"event\":");
+        match event_type {
+            Some(t) => put_json_string(&mut json, t),
+            None => json.push_str("null"),
+        }
+        json.push_str(",\"data\":");
+        if self.data_is_json {
+            json.push_str(&data);
+        } else {
+            put_json_string(&mut json, &data);
+        }
+        json.push('}');
+        put_fields(buf, Some(self.id), event_type, &json);
     }
-    if let Some(t) = event_type {
-        buf.put_slice(b"event: ");
-        buf.put_slice(t.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    put_data_lines(buf, data);
-    buf.put_u8(b'\n');
 }
 
 #[cfg(test)]
@@ -199,6 +193,12 @@ mod tests {
             Instant::now(),
             None,
         )
+    }
+
+    fn envelope(ev: &Event) -> Bytes {
+        let mut buf = BytesMut::new();
+        ev.put_envelope(&mut buf);
+        buf.freeze()
     }
 
     #[test]
@@ -223,13 +223,28 @@ mod tests {
     fn envelope_embeds_json_and_strings() {
         let ev = sealed(None, "{\"a\":1}", true);
         assert_eq!(
-            &ev.envelope_frame()[..],
+            &envelope(&ev)[..],
             &b"id: 7-12345\ndata: {\"channel\":\"news\",\"id\":\"7-12345\",\"event\":null,\"data\":{\"a\":1}}\n\n"[..]
         );
         let ev = sealed(Some("t"), "x\ny", false);
         assert_eq!(
-            &ev.envelope_frame()[..],
+            &envelope(&ev)[..],
             &b"id: 7-12345\nevent: t\ndata: {\"channel\":\"news\",\"id\":\"7-12345\",\"event\":\"t\",\"data\":\"x\\ny\"}\n\n"[..]
+        );
+    }
+
+    #[test]
+    fn data_is_kept_once_yet_read_back_exactly() {
+        let plain = sealed(Some("t"), "one\ntwo\n\nfour", false);
+        assert_eq!(plain.data(), "one\ntwo\n\nfour");
+        assert_eq!(plain.event_type(), Some("t"));
+        assert!(plain.raw_data.is_none(), "no second copy without CR");
+        let with_cr = sealed(None, "a\r\nb\rc", false);
+        assert_eq!(with_cr.data(), "a\r\nb\rc");
+        assert_eq!(
+            plain.charge(),
+            plain.frame.len() + EVENT_OVERHEAD,
+            "the frame is the retained copy"
         );
     }
 

@@ -2,8 +2,11 @@
 //! subscribe with replay, stats and reaping. No HTTP types live here.
 //!
 //! - `id`: event ids `<epoch>-<seq>`.
-//! - `event`: immutable events and their pre-encoded SSE frames.
+//! - `event`: immutable events, kept once, as their pre-encoded SSE frames.
+//! - `frame`: the SSE wire encoder.
 //! - `channel`: a ring per channel, shared by every reader.
+//! - `budget`: the memory budget for all retained history.
+//! - `tombstones`: where dropped channels' histories ended.
 //! - `subscription`: per-connection cursors, batching and loss detection.
 //!
 //! Ordering: one sequencer lock assigns seqs and appends to the ring in the
@@ -11,32 +14,43 @@
 //! Readers only take events at or below `committed`, so across channels they
 //! see events in seq order, and a reader can never skip an event that is
 //! still on its way into a ring.
+//!
+//! Channels: a channel that has held an event counts against
+//! `hub.max_channels` and is reaped after idling empty for the TTL, leaving
+//! a tombstone. A channel created by a subscriber that never held an event
+//! costs no capacity: it is removed with its last subscriber, so the number
+//! of such channels is bounded by open streams × channels per stream.
 
+mod budget;
 pub mod channel;
+pub mod config;
 pub mod event;
+pub mod frame;
 pub mod id;
 pub mod subscription;
+mod tombstones;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
 
 pub use channel::ChannelStats;
+pub use config::{HubConfig, HubConfigError};
 pub use event::{Event, NewEvent};
 pub use id::{EventId, InvalidId};
 pub use subscription::{Batch, ResetReason, Subscription};
 
+use budget::Budget;
 use channel::Channel;
 use event::PendingEvent;
+use tombstones::Tombstones;
 
-use crate::config::{HubConfig, SseConfig};
 use crate::telemetry::metrics as m;
 
-/// Name of the event sent when replay cannot be complete.
-pub const RESET_EVENT: &str = "herald.reset";
+pub use frame::{RESERVED_PREFIX, RESET_EVENT, TOKEN_EXPIRED_EVENT};
 
 /// Why the hub refused a request. Each maps to a stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +70,7 @@ pub enum HubError {
         /// Configured maximum.
         max: usize,
     },
-    /// The hub already holds the maximum number of channels.
+    /// The hub already holds the maximum number of channels with history.
     #[error("the server holds its maximum of {0} channels")]
     TooManyChannels(usize),
 }
@@ -78,6 +92,8 @@ pub struct HubSettings {
     pub max_event_type_len: usize,
     /// Reaped channels remembered.
     pub max_tombstones: usize,
+    /// Budget for all retained history, in bytes.
+    pub max_memory_bytes: usize,
     /// Largest batch handed to one subscriber at once.
     pub max_batch_bytes: usize,
     /// Wake a channel's subscribers at most once per this many ms (0: at
@@ -86,8 +102,9 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
-    /// Settings from the config sections that concern the core.
-    pub fn from_config(hub: &HubConfig, sse: &SseConfig) -> Self {
+    /// Settings from the `[hub]` section, plus the two fan-out settings
+    /// that users find under `[sse]`.
+    pub fn from_config(hub: &HubConfig, max_batch_bytes: usize, coalesce_ms: u64) -> Self {
         Self {
             ring_size: hub.ring_size,
             max_channels: hub.max_channels,
@@ -96,8 +113,9 @@ impl HubSettings {
             max_channel_name_len: hub.max_channel_name_len,
             max_event_type_len: hub.max_event_type_len,
             max_tombstones: hub.max_tombstones,
-            max_batch_bytes: sse.max_batch_bytes,
-            coalesce_ms: sse.coalesce_ms,
+            max_memory_bytes: hub.max_memory_bytes,
+            max_batch_bytes,
+            coalesce_ms,
         }
     }
 }
@@ -119,28 +137,52 @@ pub struct Hub {
 
 #[derive(Debug)]
 pub(crate) struct HubInner {
-    pub(crate) epoch: u64,
+    /// The current epoch (changes only when a broker's history is lost).
+    epoch: AtomicU64,
     settings: HubSettings,
     pub(crate) max_batch_bytes: usize,
     channels: DashMap<Arc<str>, Arc<Channel>>,
+    /// Channels in the map.
     channel_count: AtomicUsize,
-    /// The last assigned seq. Held while appending to a ring, so rings
-    /// receive seqs in order.
-    sequencer: Mutex<u64>,
+    /// Channels that have held an event: these count against `max_channels`.
+    history_channels: AtomicUsize,
+    /// The last assigned seq and the memory budget. Held while appending
+    /// to a ring, so rings receive seqs in order and the budget's index
+    /// matches the rings. Lock order: map shard, then this, then a ring.
+    sequencer: Mutex<Sequencer>,
     /// Highest seq whose event is already in its ring.
     committed: AtomicU64,
+    /// Bytes of retained history (a copy of the budget's count, for readers).
+    retained: AtomicUsize,
     tombstones: Mutex<Tombstones>,
     started: Instant,
+    /// Deferred (coalesced) wake-ups; closed and awaited on drain.
+    tasks: TaskTracker,
+    metrics: HubMetrics,
 }
 
-/// Remembers where reaped channels' histories ended, so a client resuming
-/// into a recreated channel gets a reset, not silence. Bounded: forgotten
-/// tombstones raise a floor that applies to every new channel.
 #[derive(Debug, Default)]
-struct Tombstones {
-    by_name: HashMap<Arc<str>, u64>,
-    order: VecDeque<Arc<str>>,
-    forgotten_floor: u64,
+struct Sequencer {
+    last: u64,
+    budget: Budget,
+}
+
+/// Metric handles resolved once, off the per-publish path.
+#[derive(Debug)]
+struct HubMetrics {
+    published: metrics::Counter,
+    evicted_ring: metrics::Counter,
+    evicted_memory: metrics::Counter,
+}
+
+impl HubMetrics {
+    fn new() -> Self {
+        Self {
+            published: metrics::counter!(m::EVENTS_PUBLISHED),
+            evicted_ring: metrics::counter!(m::HISTORY_EVICTED, "reason" => "ring_full"),
+            evicted_memory: metrics::counter!(m::HISTORY_EVICTED, "reason" => "memory_budget"),
+        }
+    }
 }
 
 impl HubInner {
@@ -148,8 +190,67 @@ impl HubInner {
         self.committed.load(Ordering::Acquire)
     }
 
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock_sequencer(&self) -> std::sync::MutexGuard<'_, Sequencer> {
+        // Every mutation under this lock is completed before any call that
+        // could panic, so a poisoned lock holds consistent state.
+        self.sequencer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tombstones(&self) -> std::sync::MutexGuard<'_, Tombstones> {
+        self.tombstones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a channel's first event against `max_channels`.
+    fn claim_history_slot(&self) -> bool {
+        let max = self.settings.max_channels;
+        if self.history_channels.fetch_add(1, Ordering::AcqRel) >= max {
+            self.history_channels.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Leaves `channel`: drops one subscriber and, if it was the last and
+    /// the channel never held an event, removes the channel at once.
+    pub(crate) fn leave(&self, channel: &Arc<Channel>) {
+        if channel.remove_subscriber(self.now_ms()) == 0 {
+            self.discard_if_unused(channel);
+        }
+    }
+
+    /// Removes `channel` if nobody reads it and it never held an event.
+    fn discard_if_unused(&self, channel: &Arc<Channel>) {
+        let mut floor = 0;
+        let removed = self.channels.remove_if(&channel.name, |_, current| {
+            if !Arc::ptr_eq(current, channel) || current.subscribers() != 0 {
+                return false;
+            }
+            let mut ring = current.lock();
+            if ring.held_any {
+                return false;
+            }
+            ring.dead = true;
+            floor = ring.high_water();
+            true
+        });
+        if removed.is_some() {
+            let n = self.channel_count.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(m::CHANNELS).set(n as f64);
+            // A floor inherited from a tombstone must outlive this channel.
+            self.lock_tombstones().remember(
+                Arc::clone(&channel.name),
+                floor,
+                self.settings.max_tombstones,
+            );
+        }
     }
 }
 
@@ -167,28 +268,38 @@ impl Hub {
         metrics::gauge!(m::CHANNELS).set(0.0);
         Self {
             inner: Arc::new(HubInner {
-                epoch,
+                epoch: AtomicU64::new(epoch),
                 max_batch_bytes: settings.max_batch_bytes,
                 settings,
                 channels: DashMap::new(),
                 channel_count: AtomicUsize::new(0),
-                sequencer: Mutex::new(0),
+                history_channels: AtomicUsize::new(0),
+                sequencer: Mutex::new(Sequencer::default()),
                 committed: AtomicU64::new(0),
+                retained: AtomicUsize::new(0),
                 tombstones: Mutex::new(Tombstones::default()),
                 started: Instant::now(),
+                tasks: TaskTracker::new(),
+                metrics: HubMetrics::new(),
             }),
         }
     }
 
+    /// The hub's background tasks (deferred wake-ups), for the drain to
+    /// close and wait on.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
     /// This hub's epoch.
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch
+        self.inner.epoch()
     }
 
     /// Id of the newest published event (seq 0 before any publish).
     pub fn head(&self) -> EventId {
         EventId {
-            epoch: self.inner.epoch,
+            epoch: self.inner.epoch(),
             seq: self.inner.committed(),
         }
     }
@@ -196,6 +307,17 @@ impl Hub {
     /// Number of channels that exist.
     pub fn channel_count(&self) -> usize {
         self.inner.channel_count.load(Ordering::Relaxed)
+    }
+
+    /// Number of channels that have held an event (the ones counted
+    /// against `hub.max_channels`).
+    pub fn history_channel_count(&self) -> usize {
+        self.inner.history_channels.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of retained history, as counted against `hub.max_memory_bytes`.
+    pub fn retained_bytes(&self) -> usize {
+        self.inner.retained.load(Ordering::Relaxed)
     }
 
     /// Settings in force.
@@ -251,35 +373,26 @@ impl Hub {
     }
 
     /// Looks a channel up, creating it if needed. With `join`, counts a new
-    /// subscriber while the map shard is locked, so the reaper cannot remove
-    /// the channel in between.
-    fn channel(&self, name: &str, join: bool) -> Result<Arc<Channel>, HubError> {
+    /// subscriber while the map shard is locked, so neither the reaper nor
+    /// the last leaver can remove the channel in between. A new channel
+    /// costs no capacity until it holds an event.
+    fn channel(&self, name: &str, join: bool) -> Arc<Channel> {
         let inner = &self.inner;
         if let Some(ch) = inner.channels.get(name) {
             if join {
                 ch.add_subscriber();
             }
-            return Ok(Arc::clone(ch.value()));
+            return Arc::clone(ch.value());
         }
-        let max = inner.settings.max_channels;
         match inner.channels.entry(Arc::from(name)) {
             dashmap::Entry::Occupied(e) => {
                 if join {
                     e.get().add_subscriber();
                 }
-                Ok(Arc::clone(e.get()))
+                Arc::clone(e.get())
             }
             dashmap::Entry::Vacant(e) => {
-                if inner.channel_count.load(Ordering::Relaxed) >= max {
-                    metrics::counter!(m::PUBLISH_ERRORS, "reason" => "too_many_channels")
-                        .increment(1);
-                    return Err(HubError::TooManyChannels(max));
-                }
-                let floor = {
-                    let mut t = inner.tombstones.lock().unwrap_or_else(|p| p.into_inner());
-                    let floor = t.forgotten_floor;
-                    t.by_name.remove(name).unwrap_or(floor)
-                };
+                let floor = inner.lock_tombstones().take(name);
                 let ch = Arc::new(Channel::new(
                     Arc::clone(e.key()),
                     inner.settings.ring_size,
@@ -292,13 +405,12 @@ impl Hub {
                 e.insert(Arc::clone(&ch));
                 let n = inner.channel_count.fetch_add(1, Ordering::Relaxed) + 1;
                 metrics::gauge!(m::CHANNELS).set(n as f64);
-                Ok(ch)
+                ch
             }
         }
     }
 
     /// Publishes events to one channel, in order, with consecutive seqs.
-    /// Events must already pass [`Hub::validate_event`].
     pub fn publish(
         &self,
         channel: &str,
@@ -313,36 +425,66 @@ impl Hub {
         // Encoding happens outside the sequencer lock.
         let mut pending: Vec<PendingEvent> = events.into_iter().map(PendingEvent::encode).collect();
         let accepted_at = Instant::now();
-        let mut ch = self.channel(channel, false)?;
         let inner = &self.inner;
+        let mut ch = self.channel(channel, false);
         let mut ids = Vec::with_capacity(count);
-        loop {
-            let mut seq = inner.sequencer.lock().unwrap_or_else(|p| p.into_inner());
+        let (ring_evicted, evicted) = loop {
+            let mut seq = inner.lock_sequencer();
             let mut ring = ch.lock();
             if ring.dead {
-                // Reaped between lookup and lock: publish into its successor.
+                // Removed between lookup and lock: publish into its successor.
                 drop(ring);
                 drop(seq);
-                ch = self.channel(channel, false)?;
+                ch = self.channel(channel, false);
                 continue;
             }
+            if !ring.held_any && !inner.claim_history_slot() {
+                drop(ring);
+                drop(seq);
+                inner.discard_if_unused(&ch);
+                metrics::counter!(m::PUBLISH_ERRORS, "reason" => "too_many_channels").increment(1);
+                return Err(HubError::TooManyChannels(inner.settings.max_channels));
+            }
+            let epoch = inner.epoch();
+            let first = seq.last + 1;
+            let mut stored = 0;
+            let mut ring_evicted = 0u64;
             for p in pending.drain(..) {
-                *seq += 1;
+                seq.last += 1;
                 let id = EventId {
-                    epoch: inner.epoch,
-                    seq: *seq,
+                    epoch,
+                    seq: seq.last,
                 };
                 let event = p.finish(id, Arc::clone(&ch.name), accepted_at, trace.clone());
-                ring.push(Arc::new(event));
+                stored += event.charge();
+                if let Some(old) = ring.push(Arc::new(event)) {
+                    seq.budget.released(old.charge());
+                    ring_evicted += 1;
+                }
                 ids.push(id);
             }
-            inner.committed.store(*seq, Ordering::Release);
-            break;
-        }
+            seq.budget.stored(&ch, &mut ring, stored);
+            drop(ring);
+            let evicted = seq.budget.enforce(inner.settings.max_memory_bytes, first);
+            inner.retained.store(seq.budget.bytes(), Ordering::Relaxed);
+            inner.committed.store(seq.last, Ordering::Release);
+            break (ring_evicted, evicted);
+        };
         let now = inner.now_ms();
         ch.touch(now);
-        ch.wake(now, inner.settings.coalesce_ms);
-        metrics::counter!(m::EVENTS_PUBLISHED).increment(count as u64);
+        ch.wake(now, inner.settings.coalesce_ms, &inner.tasks);
+        inner.metrics.published.increment(count as u64);
+        if ring_evicted > 0 {
+            inner.metrics.evicted_ring.increment(ring_evicted);
+        }
+        if evicted.events > 0 {
+            inner.metrics.evicted_memory.increment(evicted.events);
+            tracing::debug!(
+                events = evicted.events,
+                retained_bytes = self.retained_bytes(),
+                "evicted the oldest history to stay within hub.max_memory_bytes"
+            );
+        }
         Ok(ids)
     }
 
@@ -354,25 +496,14 @@ impl Hub {
         resume: Resume<'_>,
         envelope: bool,
     ) -> Result<Subscription, HubError> {
-        let mut joined = Vec::with_capacity(channels.len());
-        for name in channels {
-            match self.channel(name, true) {
-                Ok(ch) => joined.push(ch),
-                Err(e) => {
-                    let now = self.inner.now_ms();
-                    for ch in joined {
-                        ch.remove_subscriber(now);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let joined: Vec<Arc<Channel>> = channels.iter().map(|n| self.channel(n, true)).collect();
+        let epoch = self.inner.epoch();
         let head = self.inner.committed();
         let (start, reset, replay) = match resume {
             Resume::Live => (head, None, false),
             Resume::After(raw) => match EventId::parse(raw) {
                 Err(InvalidId) => (head, Some((ResetReason::InvalidId, None)), false),
-                Ok(id) if id.epoch != self.inner.epoch => (
+                Ok(id) if id.epoch != epoch => (
                     head,
                     Some((ResetReason::UnknownEpoch, Some(id.to_string()))),
                     false,
@@ -417,20 +548,28 @@ impl Hub {
             .collect();
         let mut reaped = 0;
         for name in candidates {
+            let mut high = 0;
             let removed = inner.channels.remove_if(&name, |_, ch| {
                 if ch.subscribers() != 0 || now.saturating_sub(ch.idle_since_ms()) < ttl {
                     return false;
                 }
+                let mut seq = inner.lock_sequencer();
                 let mut ring = ch.lock();
                 ring.dead = true;
-                let high = ring.high_water();
-                drop(ring);
-                self.remember(Arc::clone(&name), high);
+                high = ring.high_water();
+                if ring.held_any {
+                    inner.history_channels.fetch_sub(1, Ordering::AcqRel);
+                }
+                seq.budget.forget(&mut ring);
+                inner.retained.store(seq.budget.bytes(), Ordering::Relaxed);
                 true
             });
             if removed.is_some() {
                 reaped += 1;
                 inner.channel_count.fetch_sub(1, Ordering::Relaxed);
+                inner
+                    .lock_tombstones()
+                    .remember(name, high, inner.settings.max_tombstones);
             }
         }
         if reaped > 0 {
@@ -443,33 +582,6 @@ impl Hub {
             );
         }
         reaped
-    }
-
-    fn remember(&self, name: Arc<str>, high: u64) {
-        if high == 0 {
-            return;
-        }
-        let mut t = self
-            .inner
-            .tombstones
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if t.by_name.insert(Arc::clone(&name), high).is_none() {
-            t.order.push_back(name);
-        }
-        while t.by_name.len() > self.inner.settings.max_tombstones {
-            let Some(old) = t.order.pop_front() else {
-                break;
-            };
-            if let Some(seq) = t.by_name.remove(&old) {
-                t.forgotten_floor = t.forgotten_floor.max(seq);
-            }
-        }
-        // `order` may hold names already taken back by a new channel.
-        if t.order.len() > 2 * self.inner.settings.max_tombstones.max(1) {
-            let Tombstones { by_name, order, .. } = &mut *t;
-            order.retain(|n| by_name.contains_key(n));
-        }
     }
 }
 

@@ -11,10 +11,11 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::futures::OwnedNotified;
 
+use super::HubInner;
 use super::channel::Channel;
-use super::event::{Event, control_frame};
+use super::event::Event;
+use super::frame::{RESET_EVENT, control_frame};
 use super::id::EventId;
-use super::{HubInner, RESET_EVENT};
 use crate::telemetry::metrics as m;
 
 /// Why a reset event was sent.
@@ -115,12 +116,12 @@ impl Subscription {
         let initial_reset = initial_reset.map(|(reason, after)| {
             let names: Vec<&str> = cursors.iter().map(|c| &*c.channel.name).collect();
             let through = EventId {
-                epoch: hub.epoch,
+                epoch: hub.epoch(),
                 seq: start_after,
             };
             // The client's next resume should start where this stream starts.
             reset_frame(
-                &hub,
+                hub.epoch(),
                 reason,
                 &names,
                 after.as_deref(),
@@ -143,6 +144,12 @@ impl Subscription {
         self.cursors.iter().map(|c| &*c.channel.name)
     }
 
+    /// The seq up to which this subscription has been given everything:
+    /// its lowest cursor.
+    pub fn position(&self) -> u64 {
+        self.cursors.iter().map(|c| c.after).min().unwrap_or(0)
+    }
+
     /// Waits for events (or a reset) and returns them as one batch of frames.
     pub fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Batch> {
         // Arm every wake-up before looking at the rings.
@@ -152,12 +159,12 @@ impl Subscription {
                 cursor.notified.set(fresh);
             }
         }
-        let mut resets = self.initial_reset.take();
+        let initial = self.initial_reset.take();
         // Everything at or below `upto` is already in its ring (see Hub::publish).
         let upto = self.hub.committed();
         let max_bytes = self.hub.max_batch_bytes;
         let mut bound = u64::MAX;
-        let mut any_lost = false;
+        let mut lost: Vec<(usize, u64, u64)> = Vec::new();
         for i in 0..self.cursors.len() {
             let cursor = &self.cursors[i];
             let outcome =
@@ -165,36 +172,19 @@ impl Subscription {
                     .channel
                     .read_after(cursor.after, upto, max_bytes, &mut self.scratch);
             if let Some(through) = outcome.lost_through {
-                any_lost = true;
-                let reason = if self.replay_pending {
-                    ResetReason::Expired
-                } else {
-                    ResetReason::Overtaken
-                };
-                if reason == ResetReason::Overtaken {
-                    metrics::counter!(m::SLOW_SUBSCRIBERS, "action" => "reset").increment(1);
-                }
-                let after = EventId {
-                    epoch: self.hub.epoch,
-                    seq: cursor.after,
-                }
-                .to_string();
-                let name = [&*cursor.channel.name];
-                let through_id = EventId {
-                    epoch: self.hub.epoch,
-                    seq: through,
-                };
-                let frame = reset_frame(&self.hub, reason, &name, Some(&after), through_id, None);
-                resets = Some(match resets {
-                    None => frame,
-                    Some(prev) => [prev, frame].concat().into(),
-                });
+                lost.push((i, cursor.after, through));
                 self.cursors[i].after = through;
             }
             if let Some(capped) = outcome.capped_at {
                 bound = bound.min(capped);
             }
         }
+        let any_lost = !lost.is_empty();
+        let resets = if any_lost {
+            Some(self.loss_resets(initial, &lost))
+        } else {
+            initial
+        };
         if self.replay_pending {
             self.replay_pending = false;
             let result = if any_lost { "reset" } else { "complete" };
@@ -214,25 +204,68 @@ impl Subscription {
         Poll::Ready(self.take_batch(resets))
     }
 
-    fn take_batch(&mut self, resets: Option<Bytes>) -> Batch {
-        let frame_of = |e: &Event| -> Bytes {
-            if self.envelope {
-                e.envelope_frame().clone()
-            } else {
-                e.frame.clone()
-            }
+    /// Reset frames for channels whose events between a cursor and
+    /// `through` are gone, after any reset decided at subscribe time. Each
+    /// carries an `id:` that is safe to resume from: the lowest cursor of
+    /// the subscription after the loss, so a reconnect right after the
+    /// reset neither skips another channel's events nor repeats this one's.
+    fn loss_resets(&self, initial: Option<Bytes>, lost: &[(usize, u64, u64)]) -> Bytes {
+        let reason = if self.replay_pending {
+            ResetReason::Expired
+        } else {
+            ResetReason::Overtaken
         };
-        let bytes = match (resets, self.scratch.as_slice()) {
-            (None, [only]) => frame_of(only),
-            (resets, events) => {
+        let epoch = self.hub.epoch();
+        let resume_at = self.cursors.iter().map(|c| c.after).min().unwrap_or(0);
+        let mut out = BytesMut::new();
+        if let Some(first) = initial {
+            out.put_slice(&first);
+        }
+        for &(i, after, through) in lost {
+            if reason == ResetReason::Overtaken {
+                metrics::counter!(m::SLOW_SUBSCRIBERS, "action" => "reset").increment(1);
+            }
+            let name = [&*self.cursors[i].channel.name];
+            let after = EventId { epoch, seq: after }.to_string();
+            let through = EventId {
+                epoch,
+                seq: through,
+            };
+            let id = EventId {
+                epoch,
+                seq: resume_at,
+            };
+            out.put_slice(&reset_frame(
+                epoch,
+                reason,
+                &name,
+                Some(&after),
+                through,
+                Some(id),
+            ));
+        }
+        out.freeze()
+    }
+
+    fn take_batch(&mut self, resets: Option<Bytes>) -> Batch {
+        let bytes = match (resets, self.scratch.as_slice(), self.envelope) {
+            // The common case shares the event's frame: a refcount, no copy.
+            (None, [only], false) => only.frame.clone(),
+            (resets, events, envelope) => {
                 let reset_len = resets.as_ref().map_or(0, Bytes::len);
-                let len = reset_len + events.iter().map(|e| frame_of(e).len()).sum::<usize>();
-                let mut buf = BytesMut::with_capacity(len);
+                let frames: usize = events.iter().map(|e| e.frame.len()).sum();
+                // Envelopes add the channel, id and JSON quoting per event.
+                let extra = if envelope { events.len() * 96 } else { 0 };
+                let mut buf = BytesMut::with_capacity(reset_len + frames + extra);
                 if let Some(r) = resets {
                     buf.put_slice(&r);
                 }
                 for e in events {
-                    buf.put_slice(&frame_of(e));
+                    if envelope {
+                        e.put_envelope(&mut buf);
+                    } else {
+                        buf.put_slice(&e.frame);
+                    }
                 }
                 buf.freeze()
             }
@@ -252,7 +285,7 @@ impl Subscription {
 }
 
 fn reset_frame(
-    hub: &HubInner,
+    epoch: u64,
     reason: ResetReason,
     channels: &[&str],
     after: Option<&str>,
@@ -264,16 +297,15 @@ fn reset_frame(
         "reason": reason.as_str(),
         "channels": channels,
         "lost": { "after": after, "through": through.to_string() },
-        "epoch": hub.epoch.to_string(),
+        "epoch": epoch.to_string(),
     });
     control_frame(id, RESET_EVENT, &body.to_string())
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let now = self.hub.now_ms();
         for cursor in &self.cursors {
-            cursor.channel.remove_subscriber(now);
+            self.hub.leave(&cursor.channel);
         }
         metrics::gauge!(m::SUBSCRIPTIONS).decrement(self.cursors.len() as f64);
     }

@@ -13,6 +13,7 @@ fn settings(ring: usize) -> HubSettings {
         max_channel_name_len: 64,
         max_event_type_len: 32,
         max_tombstones: 10,
+        max_memory_bytes: 64 << 20,
         max_batch_bytes: 64 * 1024,
         coalesce_ms: 0,
     }
@@ -128,7 +129,8 @@ fn resume_older_than_ring_resets_then_replays_what_is_left() {
         .subscribe(&names(&["a"]), Resume::After("5-1"), false)
         .expect("subscribe");
     let text = drain(&mut sub);
-    assert!(text.starts_with("event: herald.reset\n"), "{text}");
+    // The reset carries the id to resume from: the end of the lost range.
+    assert!(text.starts_with("id: 5-3\nevent: herald.reset\n"), "{text}");
     assert!(text.contains("\"reason\":\"expired\""), "{text}");
     assert!(
         text.contains("\"after\":\"5-1\",\"through\":\"5-3\""),
@@ -210,9 +212,90 @@ fn channels_with_subscribers_are_not_reaped() {
     let sub = hub
         .subscribe(&names(&["a"]), Resume::Live, false)
         .expect("subscribe");
+    publish(&hub, "a", "history");
     assert_eq!(hub.reap(), 0);
     drop(sub);
     assert_eq!(hub.reap(), 1);
+}
+
+#[test]
+fn channels_without_history_leave_with_their_last_subscriber() {
+    let mut s = settings(8);
+    s.max_channels = 2;
+    s.idle_ttl = Duration::from_secs(3600);
+    let hub = Hub::with_epoch(s, 5);
+    // Subscribers may open more empty channels than the capacity...
+    let subs: Vec<Subscription> = (0..5)
+        .map(|i| {
+            hub.subscribe(&names(&[&format!("empty/{i}")]), Resume::Live, false)
+                .expect("subscribe")
+        })
+        .collect();
+    let twice = hub
+        .subscribe(&names(&["empty/0"]), Resume::Live, false)
+        .expect("subscribe");
+    assert_eq!(hub.channel_count(), 5);
+    assert_eq!(hub.history_channel_count(), 0);
+    // ... and they cost publishers nothing.
+    publish(&hub, "news/a", "x");
+    publish(&hub, "empty/1", "first event");
+    assert_eq!(hub.history_channel_count(), 2);
+    assert_eq!(
+        hub.publish("news/b", vec![ev("x")], None),
+        Err(HubError::TooManyChannels(2))
+    );
+    assert!(
+        hub.stats("news/b").is_none(),
+        "a refused publish leaves nothing"
+    );
+    // An empty channel goes with its last subscriber, without a TTL.
+    drop(subs);
+    assert!(hub.stats("empty/0").is_some(), "still read by `twice`");
+    assert!(hub.stats("empty/2").is_none());
+    assert!(
+        hub.stats("empty/1").is_some(),
+        "held an event: kept until reaped"
+    );
+    drop(twice);
+    assert_eq!(hub.channel_count(), 2);
+}
+
+#[test]
+fn memory_budget_evicts_the_oldest_events_across_channels() {
+    let mut s = settings(1000);
+    let big = "x".repeat(900);
+    let hub = Hub::with_epoch(s.clone(), 5);
+    let one = hub.publish("a", vec![ev(&big)], None).expect("publish")[0];
+    let charge = hub.retained_bytes();
+    assert!(charge > 900 && charge < 1200, "{charge}");
+    // Room for ten such events (ids from seq 10 on are a byte longer).
+    let budget = 10 * charge + 5;
+    s.max_memory_bytes = budget;
+    let hub = Hub::with_epoch(s, 5);
+    for i in 0..10 {
+        publish(&hub, if i % 2 == 0 { "a" } else { "b" }, &big);
+    }
+    assert_eq!(hub.retained_bytes(), 10 * charge + 1);
+    assert_eq!(hub.stats("a").expect("a").evicted_through, 0);
+    // Three more evict the three oldest: seqs 1 (a), 2 (b), 3 (a).
+    for _ in 0..3 {
+        publish(&hub, "c", &big);
+        assert!(hub.retained_bytes() <= budget);
+    }
+    assert_eq!(hub.stats("a").expect("a").evicted_through, 3);
+    assert_eq!(hub.stats("b").expect("b").evicted_through, 2);
+    assert_eq!(hub.stats("c").expect("c").ring_len, 3);
+    // A subscriber resuming from before the evicted range gets a reset,
+    // then the events that are left.
+    let mut sub = hub
+        .subscribe(&names(&["a"]), Resume::After(&one.to_string()), false)
+        .expect("subscribe");
+    let text = drain(&mut sub);
+    assert!(
+        text.contains("\"reason\":\"expired\"") && text.contains("\"through\":\"5-3\""),
+        "{text}"
+    );
+    assert_eq!(data_lines(&text).len(), 1 + 3, "reset + seqs 5, 7, 9");
 }
 
 #[test]

@@ -52,6 +52,12 @@ pub const CHANNEL_EVENTS_PUBLISHED: &str = "herald_channel_events_published_tota
 pub const PUBLISH_ERRORS: &str = "herald_publish_errors_total";
 /// JWKS fetches, by `result` = `ok` | `error` (counter).
 pub const JWKS_REFRESHES: &str = "herald_jwks_refreshes_total";
+/// Bytes of retained history, as counted against `hub.max_memory_bytes` (gauge).
+pub const HISTORY_BYTES: &str = "herald_history_bytes";
+/// Retained events dropped, by `reason` = `ring_full` | `memory_budget` (counter).
+pub const HISTORY_EVICTED: &str = "herald_history_evicted_total";
+/// The memory the process may use, by `source` = `cgroup` | `host` (gauge).
+pub const MEMORY_LIMIT: &str = "herald_memory_limit_bytes";
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +86,9 @@ pub fn install() -> PrometheusHandle {
                 .expect("the recorder is installed once, guarded by OnceLock");
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            if let Some((bytes, source)) = super::memory_limit::read() {
+                metrics::gauge!(MEMORY_LIMIT, "source" => source.as_str()).set(bytes as f64);
+            }
             process_collector().describe();
             handle
         })
@@ -136,4 +145,18 @@ fn describe() {
         "Events published to allowlisted channels, by channel"
     );
     describe_counter!(JWKS_REFRESHES, "JWKS fetches, by result");
+    describe_gauge!(
+        HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes of retained history, counted against hub.max_memory_bytes"
+    );
+    describe_counter!(
+        HISTORY_EVICTED,
+        "Retained events dropped to make room, by reason"
+    );
+    describe_gauge!(
+        MEMORY_LIMIT,
+        Unit::Bytes,
+        "Memory the process may use: its cgroup limit, or the host's total"
+    );
 }

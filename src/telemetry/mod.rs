@@ -1,6 +1,8 @@
 //! Observability: metric names and the Prometheus recorder (`metrics`),
-//! and logs and traces (`trace`).
+//! logs and traces (`trace`), and the memory limit the process runs under
+//! (`memory_limit`).
 
+pub mod memory_limit;
 pub mod metrics;
 pub mod trace;
 

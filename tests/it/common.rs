@@ -39,7 +39,7 @@ impl TestServer {
         };
         edit(&mut config);
         config.validate().expect("test config is valid");
-        let listener = herald::http::server::bind(config.listen, 1024).expect("bind port 0");
+        let listener = herald::bind(config.listen, 1024).expect("bind port 0");
         let addr = listener.local_addr().expect("bound address");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();

@@ -499,8 +499,13 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     }
     let rss_after = rss_kib(pid);
     let bytes = reader.await.expect("reader task");
-    // The reader keeps every "id: " after the first line; count them all.
-    let delivered = count_occurrences(&bytes, b"id: ");
+    // Count the "id: " lines of the body; the response head (which carries
+    // `x-request-id: `) ends at the first blank line.
+    let body_start = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    let delivered = count_occurrences(&bytes[body_start..], b"id: ");
     assert_eq!(delivered, EVENTS, "the fast subscriber got every event");
     assert_eq!(
         count_occurrences(&bytes, b"herald.reset"),

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald::auth::{DEV_SECRET, Secret};
 use herald::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -76,20 +78,15 @@ fn rs(private_key: &str, claims: &Value) -> String {
 
 /// Unpadded base64url, to hand-build tokens.
 fn b64url(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(input)
+}
+
+/// HS256 with the test servers' secret and a `crit` header member.
+fn critical(claims: &Value, crit: &[&str]) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(crit.iter().map(|c| c.to_string()).collect());
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&header, claims, &key).expect("test token signs")
 }
 
 /// The three dot-separated parts of a JWS.
@@ -462,6 +459,18 @@ async fn every_bad_token_is_refused_with_its_reason() {
             "bad_signature",
         ),
         ("garbage", "not.a.jwt".to_string(), "malformed"),
+        (
+            "crit naming a header Herald does not know",
+            critical(&good, &["x-unknown-extension"]),
+            "unsupported_crit",
+        ),
+        (
+            "iss as a list holding the configured issuer",
+            hs(&claims_with(&good, |c| {
+                c.insert("iss".into(), json!([ISS]));
+            })),
+            "bad_issuer",
+        ),
     ];
     for (what, token, code) in &cases {
         let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(token)]).await;
@@ -476,6 +485,118 @@ async fn every_bad_token_is_refused_with_its_reason() {
         assert_eq!(res.code(), *code, "publish, {what}");
     }
     server.stop().await;
+}
+
+/// `crit` (RFC 7515 §4.1.11) and an `iss` list (RFC 7519 §4.1.1 makes it
+/// one string) are refused even where no issuer is configured, on both
+/// paths, and counted as auth failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crit_headers_and_issuer_lists_are_refused_without_an_issuer_configured() {
+    let server = TestServer::start_with(with_auth).await;
+    let url = server.url("");
+    let base = claims("alice", &["news/*"], &["news/*"]);
+    let with_iss = |iss: Value| {
+        hs(&claims_with(&base, |c| {
+            c.insert("iss".into(), iss);
+        }))
+    };
+    let failures = |reason: &'static str| {
+        let (http, url) = (server.http.clone(), url.clone());
+        async move {
+            let series = format!("herald_auth_failures_total{{reason=\"{reason}\"}} ");
+            metric(&http, &url, &series).await.unwrap_or(0.0)
+        }
+    };
+    let (crit_before, iss_before) = (
+        failures("unsupported_crit").await,
+        failures("bad_issuer").await,
+    );
+
+    // Controls: a string iss is fine when none is configured.
+    let fine = with_iss(json!("https://anyone.example"));
+    let res = publish(&server.http, &url, "news/a", Some(&fine), json!(1)).await;
+    assert_eq!(res.status, 202, "{}", res.body);
+    let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(&fine)]).await;
+    assert_eq!(sub.status, 200, "{}", sub.text());
+
+    let cases = [
+        (critical(&base, &["b64"]), "unsupported_crit"),
+        (
+            critical(&base, &["x-unknown-extension"]),
+            "unsupported_crit",
+        ),
+        (with_iss(json!(["https://anyone.example"])), "bad_issuer"),
+        (
+            with_iss(json!(["https://a.example", "https://b.example"])),
+            "bad_issuer",
+        ),
+    ];
+    for (token, code) in &cases {
+        let res = publish(&server.http, &url, "news/a", Some(token), json!(1)).await;
+        assert_eq!(
+            (res.status, res.code().as_str()),
+            (401, *code),
+            "publish: {}",
+            res.body
+        );
+        let sub = Raw::get(server.addr, "/events?channel=news/a", &[bearer(token)]).await;
+        assert_eq!(
+            (sub.status, sub.code()),
+            (401, code.to_string()),
+            "subscribe: {}",
+            sub.text()
+        );
+        assert!(!sub.head.contains("text/event-stream"));
+    }
+    // Other tests share the process's recorder, so the counts only grow.
+    assert!(failures("unsupported_crit").await >= crit_before + 4.0);
+    assert!(failures("bad_issuer").await >= iss_before + 4.0);
+    server.stop().await;
+}
+
+/// Every auth failure goes out with the status of its kind: 401 (with
+/// `WWW-Authenticate`) for a token that is missing or refused, 403 for a
+/// missing right, 503 for a config error (which validation stops at start,
+/// so no server can be made to answer it), each with its code in the body.
+#[tokio::test]
+async fn every_auth_error_has_its_status() {
+    use axum::response::IntoResponse;
+    use herald::auth::AuthError;
+    use herald::http::error::ApiError;
+
+    let expect = [
+        (AuthError::AlgNone, "alg_none", 401),
+        (AuthError::AlgNotAllowed, "alg_not_allowed", 401),
+        (AuthError::BadSignature, "bad_signature", 401),
+        (AuthError::Expired, "expired", 401),
+        (AuthError::NotYetValid, "not_yet_valid", 401),
+        (AuthError::BadAudience, "bad_audience", 401),
+        (AuthError::BadIssuer, "bad_issuer", 401),
+        (AuthError::UnsupportedCrit, "unsupported_crit", 401),
+        (AuthError::Malformed, "malformed", 401),
+        (AuthError::MissingToken, "missing_token", 401),
+        (AuthError::UnknownKey, "unknown_key", 401),
+        (
+            AuthError::Forbidden {
+                action: "publish",
+                channel: "x".into(),
+            },
+            "forbidden",
+            403,
+        ),
+        (AuthError::Config("x".into()), "auth_config", 503),
+    ];
+    for (err, code, status) in expect {
+        let res = ApiError::from(err).into_response();
+        assert_eq!(res.status().as_u16(), status, "{code}");
+        let challenge = res.headers().get("www-authenticate").cloned();
+        assert_eq!(challenge.is_some(), status == 401, "{code}");
+        let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+            .await
+            .expect("an error body is small");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
+        assert_eq!(error_code(&body), code);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@
 
 mod common;
 
+mod bounds;
 mod core;
 mod edge;
 mod jwks;
 mod otlp;
 mod prometheus;
+mod request_id;

@@ -26,106 +26,28 @@
 //! trusted proxy; then it is the right-most `X-Forwarded-For` entry that is
 //! not itself a trusted proxy (see [`client_ip`]).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+mod client_ip;
+mod config;
+mod streams;
+
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use serde::Deserialize;
+
+pub use client_ip::{InvalidNet, IpNet, client_ip, ip_bucket};
+pub use config::{LimitsConfig, LimitsConfigError};
+pub use streams::StreamPermit;
 
 use crate::telemetry::metrics::RATE_LIMITED;
-
-/// Rate and connection limit settings (`[limits]`).
-///
-/// The defaults are the development values: generous enough that
-/// `herald bench` over loopback holds 19,000 subscribers from one IP and
-/// publishes 1,000 events/s without touching a limit. Suggested production
-/// values are given on each field.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Sustained publishes per second per subject (or per IP when anonymous);
-    /// `0` disables the limit. Env `HERALD_LIMITS__PUBLISH_PER_SECOND`.
-    /// Production: about 50.
-    pub publish_per_second: u32,
-    /// Publishes a key may make at once before the rate applies. A batch of
-    /// `n` events costs `n`; a batch larger than this is always refused, so
-    /// keep `http.max_batch_events` at or below it.
-    /// Env `HERALD_LIMITS__PUBLISH_BURST`. Production: about 1000.
-    pub publish_burst: u32,
-    /// Sustained new SSE streams per second per client IP; `0` disables.
-    /// Production: about 5.
-    pub streams_per_ip_per_second: u32,
-    /// New SSE streams one IP may open at once. Production: about 50.
-    pub streams_per_ip_burst: u32,
-    /// Concurrent SSE streams per client IP; `0` disables. Production: a few
-    /// hundred, more if many users share one NAT address.
-    pub max_streams_per_ip: usize,
-    /// Concurrent SSE streams per token subject; `0` disables.
-    /// Production: about 20.
-    pub max_streams_per_subject: usize,
-    /// Concurrent SSE streams in total; `0` disables. Size it to memory
-    /// (roughly 10–20 KiB per idle stream) and file descriptors.
-    pub max_connections: usize,
-    /// `Retry-After` sent when a concurrent-stream cap refuses a stream.
-    pub stream_retry_after_secs: u64,
-    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR
-    /// blocks, e.g. `["10.0.0.0/8", "::1"]`. Empty: the socket peer is the
-    /// client.
-    pub trusted_proxies: Vec<String>,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            publish_per_second: 10_000,
-            publish_burst: 20_000,
-            streams_per_ip_per_second: 10_000,
-            streams_per_ip_burst: 20_000,
-            max_streams_per_ip: 100_000,
-            max_streams_per_subject: 100_000,
-            max_connections: 50_000,
-            stream_retry_after_secs: 5,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.publish_per_second > 0 && self.publish_burst == 0 {
-            return Err("publish_burst must be at least 1 when publish_per_second is set".into());
-        }
-        if self.streams_per_ip_per_second > 0 && self.streams_per_ip_burst == 0 {
-            return Err(
-                "streams_per_ip_burst must be at least 1 when streams_per_ip_per_second is set"
-                    .into(),
-            );
-        }
-        if self.stream_retry_after_secs == 0 {
-            return Err("stream_retry_after_secs must be at least 1".into());
-        }
-        parse_proxies(&self.trusted_proxies)?;
-        Ok(())
-    }
-}
-
-fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
-    entries
-        .iter()
-        .map(|s| IpNet::from_str(s).map_err(|e| format!("trusted_proxies: {e}")))
-        .collect()
-}
+use streams::StreamCounters;
 
 /// A request refused by a limit: 429 with `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,19 +62,9 @@ pub struct Limited {
 
 impl Limited {
     /// Builds the refusal and counts it in `herald_rate_limited_total{limit}`.
-    fn new(limit: &'static str, retry_after: Duration) -> Self {
+    pub(crate) fn new(limit: &'static str, retry_after: Duration) -> Self {
         metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
         Self { limit, retry_after }
-    }
-
-    /// Stable code for the JSON error body.
-    pub fn code(&self) -> &'static str {
-        "rate_limited"
-    }
-
-    /// Always 429 Too Many Requests.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::TOO_MANY_REQUESTS
     }
 
     /// The `Retry-After` value: whole seconds, rounded up, at least 1.
@@ -201,27 +113,16 @@ pub struct Limits<C: Clock = DefaultClock> {
     stream_retry_after: Duration,
 }
 
-/// Open-stream counts, shared with every [`StreamPermit`].
-#[derive(Debug, Default)]
-struct StreamCounters {
-    total: AtomicUsize,
-    max_total: usize,
-    per_ip: DashMap<IpAddr, usize>,
-    max_per_ip: usize,
-    per_subject: DashMap<String, usize>,
-    max_per_subject: usize,
-}
-
 impl Limits {
     /// Builds the limiters from validated config.
-    pub fn new(cfg: &LimitsConfig) -> Result<Self, String> {
+    pub fn new(cfg: &LimitsConfig) -> Result<Self, LimitsConfigError> {
         Self::with_clock(cfg, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> Limits<C> {
     /// Builds the limiters on a given clock (tests use a fake one).
-    pub fn with_clock(cfg: &LimitsConfig, clock: C) -> Result<Self, String> {
+    pub fn with_clock(cfg: &LimitsConfig, clock: C) -> Result<Self, LimitsConfigError> {
         cfg.validate()?;
         Ok(Self {
             publish: keyed(cfg.publish_per_second, cfg.publish_burst, &clock),
@@ -239,7 +140,7 @@ impl<C: Clock + Clone> Limits<C> {
                 max_per_subject: cfg.max_streams_per_subject,
                 ..StreamCounters::default()
             }),
-            trusted_proxies: parse_proxies(&cfg.trusted_proxies)?,
+            trusted_proxies: cfg.trusted_proxies()?,
             stream_retry_after: Duration::from_secs(cfg.stream_retry_after_secs),
             clock,
         })
@@ -289,41 +190,7 @@ impl<C: Clock + Clone> Limits<C> {
         ip: IpAddr,
         subject: Option<&str>,
     ) -> Result<StreamPermit, Limited> {
-        let counters = &self.streams;
-        let prev = counters.total.fetch_add(1, Ordering::AcqRel);
-        // The permit owns every slot taken so far, so dropping it on an early
-        // return gives back exactly those.
-        let mut permit = StreamPermit {
-            counters: Arc::clone(counters),
-            ip: None,
-            subject: None,
-        };
-        if counters.max_total > 0 && prev >= counters.max_total {
-            drop(permit);
-            return Err(Limited::new("connections", self.stream_retry_after));
-        }
-        if counters.max_per_ip > 0 {
-            let ip = ip_bucket(ip);
-            if !take_slot(&counters.per_ip, ip, counters.max_per_ip) {
-                drop(permit);
-                return Err(Limited::new("streams_per_ip", self.stream_retry_after));
-            }
-            permit.ip = Some(ip);
-        }
-        if counters.max_per_subject > 0
-            && let Some(sub) = subject
-        {
-            if !take_slot(
-                &counters.per_subject,
-                sub.to_string(),
-                counters.max_per_subject,
-            ) {
-                drop(permit);
-                return Err(Limited::new("streams_per_subject", self.stream_retry_after));
-            }
-            permit.subject = Some(sub.to_string());
-        }
-        Ok(permit)
+        self.streams.acquire(ip, subject, self.stream_retry_after)
     }
 
     /// Evicts rate-limiter keys that are back to a fresh state. Call it
@@ -378,162 +245,9 @@ where
     ))
 }
 
-/// Increments `key`'s count unless it is at `max`.
-fn take_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K, max: usize) -> bool {
-    match map.entry(key) {
-        Entry::Occupied(mut e) => {
-            if *e.get() >= max {
-                return false;
-            }
-            *e.get_mut() += 1;
-        }
-        Entry::Vacant(e) => {
-            e.insert(1);
-        }
-    }
-    true
-}
-
-/// Decrements `key`'s count, removing the entry at zero.
-fn give_slot<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K) {
-    if let Entry::Occupied(mut e) = map.entry(key) {
-        if *e.get() <= 1 {
-            e.remove();
-        } else {
-            *e.get_mut() -= 1;
-        }
-    }
-}
-
-/// One open stream's slots; dropping it gives them back.
-#[derive(Debug)]
-#[must_use = "the slot is freed as soon as the permit is dropped"]
-pub struct StreamPermit {
-    counters: Arc<StreamCounters>,
-    ip: Option<IpAddr>,
-    subject: Option<String>,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        self.counters.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip.take() {
-            give_slot(&self.counters.per_ip, ip);
-        }
-        if let Some(sub) = self.subject.take() {
-            give_slot(&self.counters.per_subject, sub);
-        }
-    }
-}
-
-/// The address limits are keyed on: IPv4 as is, IPv4-mapped IPv6 as IPv4,
-/// other IPv6 reduced to its /64 prefix.
-pub fn ip_bucket(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-    }
-}
-
-/// An IP network in CIDR notation, e.g. `10.0.0.0/8`; a bare address is a
-/// single host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    /// True when `ip` lies inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s.trim(), None),
-        };
-        let addr = IpAddr::from_str(addr)
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?
-            .to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-/// The client's IP: the socket peer, unless the peer is a trusted proxy.
-/// Then `X-Forwarded-For` is read from the right (the entry closest to us),
-/// skipping trusted proxies, and the first untrusted address is the client.
-/// If every entry is trusted, the left-most one is used; if an entry cannot
-/// be parsed, the last trusted hop before it is used, so a forged header can
-/// never name an arbitrary address.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
-    let mut client = peer.ip().to_canonical();
-    if !is_trusted(client) {
-        return client;
-    }
-    let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in hops.iter().rev() {
-        let Some(ip) = parse_hop(hop) else {
-            return client;
-        };
-        if !is_trusted(ip) {
-            return ip;
-        }
-        client = ip;
-    }
-    client
-}
-
-/// Parses one `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:80`, `::1` or `[::1]:80`.
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    IpAddr::from_str(hop)
-        .ok()
-        .or_else(|| SocketAddr::from_str(hop).ok().map(|s| s.ip()))
-        .map(|ip| ip.to_canonical())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use governor::clock::FakeRelativeClock;
 
     fn ip(s: &str) -> IpAddr {
@@ -560,8 +274,9 @@ mod tests {
             l.check_publish(&alice).expect("within burst");
         }
         let err = l.check_publish(&alice).unwrap_err();
-        assert_eq!((err.limit, err.code()), ("publish", "rate_limited"));
-        assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS);
+        // Its 429 `rate_limited` answer is tested where errors become
+        // responses (src/http/error.rs).
+        assert_eq!(err.limit, "publish");
         assert_eq!(err.retry_after, Duration::from_millis(500));
         assert_eq!(err.retry_after_secs(), 1);
 
@@ -738,130 +453,6 @@ mod tests {
         assert_eq!(secs(1000), 1);
         assert_eq!(secs(1001), 2);
         assert_eq!(secs(59_500), 60);
-    }
-
-    #[test]
-    fn cidr_parsing_and_matching() {
-        let net: IpNet = "10.0.0.0/8".parse().expect("cidr");
-        assert!(net.contains(ip("10.255.1.2")));
-        assert!(net.contains(ip("::ffff:10.1.1.1")));
-        assert!(!net.contains(ip("11.0.0.1")));
-        assert!(!net.contains(ip("::1")));
-        let host: IpNet = "192.0.2.7".parse().expect("host");
-        assert!(host.contains(ip("192.0.2.7")) && !host.contains(ip("192.0.2.8")));
-        let v6: IpNet = "fd00::/8".parse().expect("v6");
-        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
-        let all: IpNet = "0.0.0.0/0".parse().expect("all");
-        assert!(all.contains(ip("8.8.8.8")));
-        for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x", ""] {
-            assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn forwarded_for_is_trusted_only_from_proxies() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
-        let xff = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert("x-forwarded-for", HeaderValue::from_str(v).expect("ascii"));
-            h
-        };
-        let proxy: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
-        let stranger: SocketAddr = "203.0.113.9:5000".parse().expect("addr");
-
-        // From an untrusted peer the header is ignored.
-        assert_eq!(
-            client_ip(stranger, &xff("1.1.1.1"), &trusted),
-            ip("203.0.113.9")
-        );
-        // From a proxy: the right-most untrusted entry, not the spoofable left one.
-        assert_eq!(
-            client_ip(proxy, &xff("6.6.6.6, 198.51.100.4, 10.0.0.2"), &trusted),
-            ip("198.51.100.4")
-        );
-        assert_eq!(
-            client_ip(proxy, &xff("[2001:db8::1]:443"), &trusted),
-            ip("2001:db8::1")
-        );
-        assert_eq!(
-            client_ip(proxy, &xff("198.51.100.4:80"), &trusted),
-            ip("198.51.100.4")
-        );
-        // Garbage stops the walk at the last trusted hop.
-        assert_eq!(
-            client_ip(proxy, &xff("198.51.100.4, junk, 10.0.0.2"), &trusted),
-            ip("10.0.0.2")
-        );
-        // All trusted: the left-most.
-        assert_eq!(
-            client_ip(proxy, &xff("10.1.1.1, 10.0.0.2"), &trusted),
-            ip("10.1.1.1")
-        );
-        // No header: the proxy itself.
-        assert_eq!(
-            client_ip(proxy, &HeaderMap::new(), &trusted),
-            ip("10.0.0.1")
-        );
-        // Several header lines read as one list.
-        let mut two = xff("198.51.100.4");
-        two.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
-        assert_eq!(client_ip(proxy, &two, &trusted), ip("198.51.100.4"));
-        // No proxies configured: always the peer; mapped v4 peers are canonical.
-        let mapped: SocketAddr = "[::ffff:192.0.2.1]:80".parse().expect("addr");
-        assert_eq!(client_ip(mapped, &xff("1.1.1.1"), &[]), ip("192.0.2.1"));
-    }
-
-    #[test]
-    fn ip_buckets() {
-        assert_eq!(ip_bucket(ip("192.0.2.1")), ip("192.0.2.1"));
-        assert_eq!(ip_bucket(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
-        assert_eq!(ip_bucket(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
-    }
-
-    #[test]
-    fn validate_refuses_what_cannot_work() {
-        assert!(LimitsConfig::default().validate().is_ok());
-        let bad = [
-            LimitsConfig {
-                publish_burst: 0,
-                ..LimitsConfig::default()
-            },
-            LimitsConfig {
-                streams_per_ip_burst: 0,
-                ..LimitsConfig::default()
-            },
-            LimitsConfig {
-                stream_retry_after_secs: 0,
-                ..LimitsConfig::default()
-            },
-            LimitsConfig {
-                trusted_proxies: vec!["10.0.0.0/99".into()],
-                ..LimitsConfig::default()
-            },
-        ];
-        for cfg in bad {
-            assert!(cfg.validate().is_err(), "{cfg:?}");
-        }
-        let off = LimitsConfig {
-            publish_per_second: 0,
-            publish_burst: 0,
-            ..LimitsConfig::default()
-        };
-        assert!(off.validate().is_ok());
-    }
-
-    #[test]
-    fn env_keys_map_onto_fields() {
-        let env = [
-            ("HERALD_LIMITS__PUBLISH_PER_SECOND", "7"),
-            ("HERALD_LIMITS__PUBLISH_BURST", "9"),
-            ("HERALD_LIMITS__MAX_CONNECTIONS", "11"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        let cfg = crate::config::Config::load(None, env).expect("valid");
-        assert_eq!(cfg.limits.publish_per_second, 7);
-        assert_eq!(cfg.limits.publish_burst, 9);
-        assert_eq!(cfg.limits.max_connections, 11);
     }
 
     #[test]

@@ -50,7 +50,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthConfig, AuthError};
+use super::config::{AuthConfig, parse_jwks_url};
+use super::error::AuthError;
 use crate::telemetry::metrics::JWKS_REFRESHES;
 
 /// Largest JWKS document accepted, in bytes.
@@ -58,60 +59,6 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// Most redirects followed when fetching the set.
 const MAX_REDIRECTS: usize = 5;
-
-/// Longest periodic refresh interval a config may set (one day).
-const MAX_REFRESH_SECS: u64 = 86_400;
-
-/// Longest fetch timeout a config may set.
-const MAX_TIMEOUT_SECS: u64 = 60;
-
-/// Checks the `jwks_*` settings; `pinned` are the parsed algorithms.
-pub(crate) fn validate(cfg: &AuthConfig, pinned: &[Algorithm]) -> Result<(), AuthError> {
-    let bad = |msg: String| Err(AuthError::Config(msg));
-    if cfg.jwks_refresh_secs == 0 || cfg.jwks_refresh_secs > MAX_REFRESH_SECS {
-        return bad(format!(
-            "jwks_refresh_secs must be between 1 and {MAX_REFRESH_SECS}"
-        ));
-    }
-    if cfg.jwks_min_refresh_interval_secs == 0
-        || cfg.jwks_min_refresh_interval_secs > cfg.jwks_refresh_secs
-    {
-        return bad(
-            "jwks_min_refresh_interval_secs must be at least 1 and at most jwks_refresh_secs"
-                .to_string(),
-        );
-    }
-    if cfg.jwks_timeout_secs == 0 || cfg.jwks_timeout_secs > MAX_TIMEOUT_SECS {
-        return bad(format!(
-            "jwks_timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"
-        ));
-    }
-    if let Some(url) = &cfg.jwks_url {
-        parse_url(url)?;
-        if !pinned.iter().any(|a| a.family() != AlgorithmFamily::Hmac) {
-            return bad(
-                "jwks_url needs an asymmetric algorithm (RS*, PS*, ES* or EdDSA) in algorithms"
-                    .to_string(),
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Parses `jwks_url`: an absolute `http` or `https` URL with a host.
-fn parse_url(url: &str) -> Result<Url, AuthError> {
-    let parsed = Url::parse(url)
-        .map_err(|e| AuthError::Config(format!("jwks_url is not a valid URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(AuthError::Config(
-            "jwks_url must be an http or https URL".to_string(),
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(AuthError::Config("jwks_url has no host".to_string()));
-    }
-    Ok(parsed)
-}
 
 /// Which algorithms one JWKS key may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,9 +143,9 @@ impl JwksCache {
         let Some(url) = &cfg.jwks_url else {
             return Ok(None);
         };
-        validate(cfg, pinned)?;
+        cfg.check_jwks(pinned)?;
         Ok(Some(Arc::new(Self {
-            url: parse_url(url)?,
+            url: parse_jwks_url(url)?,
             pinned: pinned.to_vec(),
             refresh_every: Duration::from_secs(cfg.jwks_refresh_secs),
             min_interval: Duration::from_secs(cfg.jwks_min_refresh_interval_secs),
@@ -513,8 +460,8 @@ fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
 mod tests {
     use super::*;
 
-    const INITIAL: &str = include_str!("../tests/fixtures/jwks/initial.json");
-    const ROTATED: &str = include_str!("../tests/fixtures/jwks/rotated.json");
+    const INITIAL: &str = include_str!("../../tests/fixtures/jwks/initial.json");
+    const ROTATED: &str = include_str!("../../tests/fixtures/jwks/rotated.json");
 
     fn cache(algorithms: &[&str]) -> Arc<JwksCache> {
         let cfg = AuthConfig {
@@ -589,48 +536,6 @@ mod tests {
             assert!(c.parse(bad).is_err());
         }
     }
-
-    #[test]
-    fn config_is_checked() {
-        let ok = AuthConfig {
-            algorithms: vec!["RS256".into()],
-            jwks_url: Some("https://idp.example/.well-known/jwks.json".into()),
-            ..AuthConfig::default()
-        };
-        let pinned = [Algorithm::RS256];
-        assert!(validate(&ok, &pinned).is_ok());
-        let bad = [
-            AuthConfig {
-                jwks_url: Some("ftp://idp.example/jwks".into()),
-                ..ok.clone()
-            },
-            AuthConfig {
-                jwks_url: Some("not a url".into()),
-                ..ok.clone()
-            },
-            AuthConfig {
-                jwks_refresh_secs: 0,
-                ..ok.clone()
-            },
-            AuthConfig {
-                jwks_min_refresh_interval_secs: 0,
-                ..ok.clone()
-            },
-            AuthConfig {
-                jwks_min_refresh_interval_secs: 600,
-                ..ok.clone()
-            },
-            AuthConfig {
-                jwks_timeout_secs: 0,
-                ..ok.clone()
-            },
-        ];
-        for cfg in bad {
-            assert!(validate(&cfg, &pinned).is_err(), "{cfg:?}");
-        }
-        assert!(validate(&ok, &[Algorithm::HS256]).is_err());
-    }
-
     #[tokio::test]
     async fn unknown_kid_refreshes_are_rate_limited() {
         let c = cache(&["RS256"]);

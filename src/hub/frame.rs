@@ -1,0 +1,119 @@
+//! The SSE wire encoder: every byte Herald writes to a stream is built
+//! here. Event frames (`id:`, `event:`, `data:` lines and the blank line
+//! that dispatches them), control events such as `herald.reset`, `retry:`
+//! hints and heartbeat comments.
+//!
+//! Multi-line data becomes one `data:` line per line, and CR, LF and CRLF
+//! all end a line, as the SSE parser treats them, so no payload can start a
+//! new field or event.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::id::EventId;
+
+/// Name of the event sent when replay cannot be complete.
+pub const RESET_EVENT: &str = "herald.reset";
+
+/// Name of the event that ends a stream whose credential expired.
+pub const TOKEN_EXPIRED_EVENT: &str = "herald.token_expired";
+
+/// Event types starting with this are Herald's own; publishers may not use it.
+pub const RESERVED_PREFIX: &str = "herald.";
+
+/// The comment sent when a stream has been quiet for a heartbeat interval.
+pub const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
+
+/// Writes `data` as one `data:` line per line of input. CR, LF and CRLF all
+/// end a line, as the SSE parser treats them, so no payload can start a new
+/// field or event.
+pub fn put_data_lines(buf: &mut BytesMut, data: &str) {
+    let bytes = data.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' | b'\r' => {
+                buf.put_slice(b"data: ");
+                buf.put_slice(&bytes[start..i]);
+                buf.put_u8(b'\n');
+                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    buf.put_slice(b"data: ");
+    buf.put_slice(&bytes[start..]);
+    buf.put_u8(b'\n');
+}
+
+/// Builds a standalone SSE frame with the given fields (used for resets).
+pub fn control_frame(id: Option<EventId>, event_type: &str, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(data.len() + 64);
+    put_fields(&mut buf, id, Some(event_type), data);
+    buf.freeze()
+}
+
+/// Writes one whole SSE event: the optional `id:` and `event:` lines, the
+/// `data:` lines and the blank line that dispatches it. Every frame Herald
+/// sends is built here.
+pub(crate) fn put_fields(
+    buf: &mut BytesMut,
+    id: Option<EventId>,
+    event_type: Option<&str>,
+    data: &str,
+) {
+    if let Some(id) = id {
+        buf.put_slice(format!("id: {id}\n").as_bytes());
+    }
+    if let Some(t) = event_type {
+        buf.put_slice(b"event: ");
+        buf.put_slice(t.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    put_data_lines(buf, data);
+    buf.put_u8(b'\n');
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn put_json_string(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
+}
+
+/// A `retry:` hint: the client's reconnect delay, in milliseconds.
+pub fn retry_frame(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// The last bytes of a stream whose credential expired: a
+/// `herald.token_expired` event, then a `retry:` hint.
+pub fn token_expired_frame(retry_ms: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(160);
+    put_fields(
+        &mut buf,
+        None,
+        Some(TOKEN_EXPIRED_EVENT),
+        r#"{"reason":"token_expired","message":"refresh the token and reconnect"}"#,
+    );
+    buf.put_slice(&retry_frame(retry_ms));
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frames_are_whole_events() {
+        assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n\n");
+        assert_eq!(
+            &token_expired_frame(3000)[..],
+            &b"event: herald.token_expired\ndata: {\"reason\":\"token_expired\",\"message\":\"refresh the token and reconnect\"}\n\nretry: 3000\n\n"[..]
+        );
+        let reset = control_frame(Some(EventId { epoch: 1, seq: 2 }), RESET_EVENT, "{}");
+        assert_eq!(&reset[..], b"id: 1-2\nevent: herald.reset\ndata: {}\n\n");
+    }
+}
