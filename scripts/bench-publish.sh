@@ -13,9 +13,12 @@
 #
 # Usage: scripts/bench-publish.sh [-r ROUNDS] [-d SECONDS] [-c CONNECTIONS]
 #                                 [--batch N] [--no-build] [--no-wrk]
-#                                 [--retry-noisy N] [--results DIR]
-# A run during which other processes took more than 0.15 CPUs is repeated up
-# to N times (default 2); the noise column shows what remained.
+#                                 [--retry-noisy N] [--wait-quiet SECONDS]
+#                                 [--results DIR]
+# Each run first waits (at most --wait-quiet s, default 120) for the machine
+# to be nearly idle; a run during which other processes still took more than
+# 0.15 CPUs is repeated up to N times (default 2); the noise column shows
+# what remained.
 # Needs: 2+ CPUs, taskset, python3, nginx with Nchan
 #   (Debian: apt-get install nginx libnginx-mod-nchan; optional: wrk).
 # Loopback only; every run ends by itself. Not part of CI: it is a benchmark.
@@ -31,6 +34,7 @@ batch=100
 build=1
 use_wrk=1
 retry_noisy=2
+wait_quiet=120
 results=""
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -46,6 +50,7 @@ while (($#)); do
     --no-build) build=0; shift ;;
     --no-wrk) use_wrk=0; shift ;;
     --retry-noisy) retry_noisy=${2:?}; shift 2 ;;
+    --wait-quiet) wait_quiet=${2:?}; shift 2 ;;
     --results) results=${2:?}; shift 2 ;;
     -h|--help) usage 0 ;;
     *) usage 2 ;;
@@ -56,6 +61,7 @@ done
 [[ $conns =~ ^[1-9][0-9]{0,3}$ ]] || die "--connections must be 1..9999"
 [[ $batch =~ ^[1-9][0-9]{0,3}$ ]] || die "--batch must be 1..9999"
 [[ $retry_noisy =~ ^[0-9]$ ]] || die "--retry-noisy must be 0..9"
+[[ $wait_quiet =~ ^[0-9]{1,4}$ ]] || die "--wait-quiet must be 0..9999 seconds"
 
 nchan_module=/usr/lib/nginx/modules/ngx_nchan_module.so
 have nginx || die "nginx not found: apt-get install nginx libnginx-mod-nchan"
@@ -165,6 +171,24 @@ else:
 PY
 }
 
+# Waits, at most --wait-quiet seconds, until the machine has been nearly idle
+# (under 0.15 CPUs busy) for a second: other work on a shared machine
+# distorts every figure, CPU per publish included.
+wait_quiet() {
+  python3 - "$wait_quiet" <<'PY'
+import os, sys, time
+def busy():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return v[0] + v[1] + v[2] + v[7]  # user nice system steal, as herald-bench counts
+hz = os.sysconf("SC_CLK_TCK")
+deadline = time.time() + float(sys.argv[1])
+while True:
+    a = busy(); time.sleep(1); b = busy()
+    if (b - a) / hz < 0.15 or time.time() >= deadline:
+        break
+PY
+}
+
 # One run; while other processes took more than 0.15 CPUs of the window, it
 # is repeated, at most --retry-noisy times, and the last attempt is kept.
 run_bench() { # name round server-pid port nchan|herald args...
@@ -172,6 +196,7 @@ run_bench() { # name round server-pid port nchan|herald args...
   shift 5
   out="$work/results/$name.$round.json"
   for ((attempt = 0; attempt <= retry_noisy; attempt++)); do
+    wait_quiet
     printf '  %-16s round %d ... ' "$name" "$round" >&2
     before=$(server_count "$port" "$kind")
     taskset -c 1 "$bench" "${common[@]}" --server-pid "$pid" "$@" \
@@ -209,6 +234,7 @@ if ((use_wrk)); then
   wrk_script "$work/json-token.lua" "'{\"data\":\"$data\"}'" application/json "$token"
 fi
 run_wrk() { # name round url script
+  wait_quiet
   printf '  %-16s round %d ... ' "wrk-$1" "$2" >&2
   taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" -s "$4" "$3" >"$work/results/wrk-$1.$2.txt" 2>&1 ||
     die "wrk failed for $1: $(cat "$work/results/wrk-$1.$2.txt")"
@@ -314,8 +340,8 @@ if "nchan" in summary:
     ]:
         if name in summary and n > 0:
             print(f"{label:<52} {summary[name][col] / n:6.2f}x")
-    # CPU per publish is steadier than the rate on a shared machine: it is
-    # what the rate would be if each server had its core to itself.
+    # The same comparison by server CPU per publish: what the rates would be
+    # if each server saturated its core (noise distorts this one too).
     if cpu.get("nchan"):
         for label, name in [("Herald dev", "herald-dev"), ("Herald prod+JWT", "herald-prod")]:
             if cpu.get(name):
