@@ -1,7 +1,8 @@
 //! `herald-bench` run as a program against a real Herald process over
-//! loopback: a short fan-out run must see every accepted event delivered
-//! once, in order, and a short publish-rate run must have every publish
-//! accepted, with Herald's own event ids agreeing on the count.
+//! loopback: a short fan-out run (in one process, and over two worker
+//! processes) must see every accepted event delivered once, in order, and a
+//! short publish-rate run must have every publish accepted, with Herald's own
+//! event ids agreeing on the count.
 //!
 //! Herald is the workspace's `herald` binary, next to `herald-bench` in the
 //! target directory (`cargo test --workspace` builds it); when it is not
@@ -139,11 +140,12 @@ fn u(v: &Value, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("no integer at {path} in {v:#}"))
 }
 
-#[test]
-fn fanout_run_delivers_every_event_once() {
+/// A short fan-out run with 6 subscribers on 2 channels, `extra` flags
+/// added; checks that every accepted event reached its 3 subscribers once.
+fn fanout_run(extra: &[&str]) -> Value {
     let herald = Herald::start();
     let pid = herald.pid();
-    let r = bench(&[
+    let mut args = vec![
         "--url",
         &herald.url,
         "--subscribers",
@@ -158,7 +160,9 @@ fn fanout_run_delivers_every_event_once() {
         "1.5",
         "--server-pid",
         &pid,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let r = bench(&args);
     assert_eq!(u(&r, "/connections_held"), 6, "{r:#}");
     let sent = u(&r, "/publish/events_sent");
     let accepted = u(&r, "/publish/events_accepted");
@@ -175,6 +179,7 @@ fn fanout_run_delivers_every_event_once() {
         "/resets",
         "/foreign",
         "/unexpected",
+        "/workers_missing",
     ] {
         assert_eq!(u(&r, zero), 0, "{zero} in {r:#}");
     }
@@ -184,6 +189,21 @@ fn fanout_run_delivers_every_event_once() {
             .is_some_and(Value::is_number),
         "{r:#}"
     );
+    r
+}
+
+#[test]
+fn fanout_run_delivers_every_event_once() {
+    let r = fanout_run(&[]);
+    assert_eq!(u(&r, "/processes"), 1, "{r:#}");
+}
+
+#[test]
+fn fanout_run_over_worker_processes_delivers_every_event_once() {
+    // The controller re-executes herald-bench as two worker processes, which
+    // raise their own fd limit and report over their stdout.
+    let r = fanout_run(&["--processes", "2"]);
+    assert_eq!(u(&r, "/processes"), 2, "{r:#}");
 }
 
 #[test]
