@@ -5,13 +5,17 @@
 //   k6 run -e RATE=2000 -e DURATION=60s -e CHANNELS=50 k6/publish.js
 //
 // Environment (all optional):
-//   BASE_URL       loopback only (default http://127.0.0.1:8000)
+//   BASE_URL       the server (default http://127.0.0.1:8000); loopback only
+//                  unless ALLOW_REMOTE=1
+//   ALLOW_REMOTE   1: allow a non-loopback BASE_URL (a deployed Herald)
 //   RATE           publishes per second (default 200)
 //   DURATION       run time, e.g. 30s, 5m (default 30s, at most 1h)
 //   CHANNELS       channels, round-robin (default 10)
 //   CHANNEL_PREFIX channel name prefix (default k6); match it in `herald-bench`
 //   PAYLOAD_BYTES  padding per event (default 100)
 //   HERALD_TOKEN   bearer token with publish rights (not needed with the development config)
+//   SUMMARY_JSON   where handleSummary writes the JSON summary
+//                  (default k6-summary-publish.json)
 //   P99_MS         p99 threshold of the publish request, ms (default 250)
 //
 // The run is bounded: RATE x DURATION iterations at most (checked against
@@ -29,7 +33,8 @@ import {
   eventData,
   intEnv,
   publishHeaders,
-  requireLoopbackServer,
+  requireServer,
+  summaryOutputs,
 } from './lib/common.js';
 
 const RATE = intEnv('RATE', 200, 1, MAX_RATE);
@@ -65,7 +70,7 @@ export const options = {
 };
 
 export function setup() {
-  const ready = requireLoopbackServer();
+  const ready = requireServer();
   console.log(
     `publishing ${RATE}/s for ${DURATION_SECS}s (about ${MAX_ITERATIONS} events) ` +
       `over ${CHANNELS} channel(s) ${PREFIX}-0.. to ${BASE_URL} (epoch ${ready.epoch})`,
@@ -85,4 +90,8 @@ export default function () {
     'status is 202': (r) => r.status === 202,
     'body has an id': (r) => r.status === 202 && typeof r.json('id') === 'string',
   });
+}
+
+export function handleSummary(data) {
+  return summaryOutputs('publish', data);
 }

@@ -5,7 +5,9 @@
 //   k6 run -e RATE=100 -e BATCH=100 -e DURATION=60s k6/publish_batch.js
 //
 // Environment (all optional; see also k6/publish.js):
-//   BASE_URL       loopback only (default http://127.0.0.1:8000)
+//   BASE_URL       the server (default http://127.0.0.1:8000); loopback only
+//                  unless ALLOW_REMOTE=1
+//   ALLOW_REMOTE   1: allow a non-loopback BASE_URL (a deployed Herald)
 //   RATE           batch requests per second (default 20)
 //   BATCH          events per request (default 50; keep it at or below the
 //                  server's http.max_batch_events and limits.publish_burst)
@@ -14,6 +16,8 @@
 //   CHANNEL_PREFIX channel name prefix (default k6)
 //   PAYLOAD_BYTES  padding per event (default 100)
 //   HERALD_TOKEN   bearer token with publish rights
+//   SUMMARY_JSON   where handleSummary writes the JSON summary
+//                  (default k6-summary-publish_batch.json)
 //   P99_MS         p99 threshold of one batch request, ms (default 500)
 //
 // Bounded: RATE x DURATION requests, RATE x DURATION x BATCH events at most.
@@ -31,7 +35,8 @@ import {
   eventData,
   intEnv,
   publishHeaders,
-  requireLoopbackServer,
+  requireServer,
+  summaryOutputs,
 } from './lib/common.js';
 
 const RATE = intEnv('RATE', 20, 1, MAX_RATE);
@@ -70,7 +75,7 @@ export const options = {
 };
 
 export function setup() {
-  const ready = requireLoopbackServer();
+  const ready = requireServer();
   console.log(
     `publishing ${RATE} batches/s of ${BATCH} events for ${DURATION_SECS}s ` +
       `(about ${MAX_REQUESTS} requests) over ${CHANNELS} channel(s) to ${BASE_URL} (epoch ${ready.epoch})`,
@@ -96,4 +101,8 @@ export default function () {
   if (ok) {
     eventsPublished.add(BATCH);
   }
+}
+
+export function handleSummary(data) {
+  return summaryOutputs('publish_batch', data);
 }

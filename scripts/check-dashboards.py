@@ -1,20 +1,26 @@
 #!/usr/bin/env python3
 """Check Herald's Grafana dashboards and alert rules, and list their PromQL.
 
-Reads dashboards/herald-overview.json, dashboards/herald-instance.json and
-dashboards/herald-alerts.yaml (Python 3 standard library only), then:
+Reads dashboards/herald-overview.json, dashboards/herald-instance.json,
+dashboards/herald-alerts.yaml, its promtool tests and dashboards/RUNBOOK.md
+(Python 3 standard library only), then:
 
   * checks that every panel has a unit (fieldConfig.defaults.unit) and at
     least one query, that panel titles are unique per dashboard, and that
     panels and variables use the `$datasource` variable;
-  * checks that the `datasource`, `namespace` and `instance` variables exist,
-    and that the last two include "All" as `.*`;
+  * checks that the `datasource`, `namespace`, `pod` and `instance` variables
+    exist, that the last three include "All" as `.*`, and that every metric
+    selector in a panel filters on all three;
   * checks that every rate(), irate() and increase() in a dashboard uses
     `$__rate_interval`;
-  * checks that every herald_* and process_* name in any expression is one
-    the service exports;
-  * checks that every alert has labels.severity and the annotations summary
-    and description.
+  * checks that every herald_* and process_* name in any expression, and
+    every other name used with a `{...}` selector, is one the service
+    exports (or Prometheus's own `up`);
+  * checks that every alert has labels.severity, the annotations summary,
+    description and runbook_url (a section of dashboards/RUNBOOK.md that
+    exists), that every selector in it carries job=~".*herald.*" (the Helm
+    chart narrows that matcher to its release), and that the promtool tests
+    check it both firing and quiet.
 
 On success it prints every expression, with the Grafana variables replaced
 so that Prometheus can run it, one JSON object a line:
@@ -36,6 +42,10 @@ from pathlib import Path
 
 DASHBOARDS = ["dashboards/herald-overview.json", "dashboards/herald-instance.json"]
 RULES = "dashboards/herald-alerts.yaml"
+RULE_TESTS = "dashboards/herald-alerts.test.yaml"
+RUNBOOK = "dashboards/RUNBOOK.md"
+# The matcher every alert selector carries; the chart replaces it verbatim.
+JOB_MATCHER = 'job=~".*herald.*"'
 
 # Exactly what Herald exports (src/telemetry/metrics.rs and metrics-process).
 EXPORTED = {
@@ -65,9 +75,32 @@ EXPORTED = {
     "process_max_fds",
     "process_start_time_seconds",
     "process_threads",
+    # The cgroup memory limit (the host's memory without one), from
+    # src/telemetry; the memory panels and HeraldMemoryNearLimit divide by it.
+    "herald_memory_limit_bytes",
+    # Retained history and its evictions (src/hub), and the broker (src/broker).
+    "herald_history_bytes",
+    "herald_history_evicted_total",
+    "herald_broker_up",
+    "herald_broker_errors_total",
+    "herald_broker_resyncs_total",
+    "herald_idempotent_publishes_total",
 }
-HISTOGRAMS = {"herald_fanout_latency_seconds", "herald_http_request_duration_seconds"}
-KNOWN_METRICS = EXPORTED | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+# Series Prometheus itself writes for every target, not Herald's: `up` (1 when
+# the scrape succeeded), which HeraldInstanceDown and HeraldTargetAbsent use.
+PROMETHEUS_SERIES = {"up"}
+HISTOGRAMS = {
+    "herald_fanout_latency_seconds",
+    "herald_http_request_duration_seconds",
+    "herald_broker_publish_duration_seconds",
+}
+KNOWN_METRICS = (
+    EXPORTED
+    | PROMETHEUS_SERIES
+    | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+)
+# The filters every dashboard selector carries, so the variables apply everywhere.
+DASHBOARD_FILTERS = ('namespace=~"$namespace"', 'pod=~"$pod"', 'instance=~"$instance"')
 
 # What each Grafana variable becomes when the expression is sent to Prometheus.
 SUBSTITUTIONS = {
@@ -81,6 +114,9 @@ SUBSTITUTIONS = {
 # $name or ${name}; ${1} (a label_replace group) does not start with a letter.
 VARIABLE = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
 METRIC = re.compile(r"\b(?:herald|process)_[a-z_]+\b")
+# A metric name with its selector braces: `name{...}` (function calls take
+# parentheses, so anything directly before a brace is a metric).
+SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 RANGE_FUNCTION = re.compile(r"\b(rate|irate|increase)\s*\(")
 RANGE = re.compile(r"\[([^\]]*)\]")
@@ -131,11 +167,25 @@ def closing_paren(text, open_index):
     return -1
 
 
-def check_expression(expr, where, problems, dashboard):
-    """Checks one raw expression (variables not yet substituted)."""
-    for name in METRIC.findall(STRING.sub('""', expr)):
+def check_expression(expr, where, problems, dashboard, required=()):
+    """Checks one raw expression (variables not yet substituted).
+
+    `required`: matchers every `name{...}` selector in it must carry.
+    """
+    bare = STRING.sub('""', expr)
+    names = set(METRIC.findall(bare)) | {m.group(1) for m in SELECTOR.finditer(bare)}
+    for name in sorted(names):
         if name not in KNOWN_METRICS:
             problems.add(where, f"unknown metric {name!r} (not exported by Herald)")
+    for m in SELECTOR.finditer(expr):
+        for matcher in required:
+            if matcher not in m.group(2):
+                problems.add(where, f"selector {m.group(0)!r} lacks {matcher}")
+    if required:
+        # A bare metric name, without braces, would escape the filters.
+        in_selectors = {m.group(1) for m in SELECTOR.finditer(bare)}
+        for name in sorted(set(METRIC.findall(bare)) - in_selectors):
+            problems.add(where, f"{name} has no selector with {', '.join(required)}")
     if dashboard:
         for m in RANGE_FUNCTION.finditer(expr):
             end = closing_paren(expr, m.end() - 1)
@@ -193,7 +243,7 @@ def check_dashboard(path, source, problems, out):
     ds = variables.get("datasource")
     if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         problems.add(source, "needs a `datasource` variable of type datasource, query prometheus")
-    for name in ("namespace", "instance"):
+    for name in ("namespace", "pod", "instance"):
         var = variables.get(name)
         if var is None:
             problems.add(source, f"needs a `{name}` variable")
@@ -236,12 +286,14 @@ def check_dashboard(path, source, problems, out):
             if (target.get("datasource") or {}).get("uid") not in DATASOURCE_UIDS:
                 problems.add(f"{where} target {ref}", "datasource must be ${datasource}")
             out.append({"source": source, "panel": title, "kind": "panel",
-                        "expr": check_expression(expr, f"{where} target {ref}", problems, True)})
+                        "expr": check_expression(expr, f"{where} target {ref}", problems, True,
+                                                 DASHBOARD_FILTERS)})
         if exprs == 0:
             problems.add(where, "has no PromQL query (targets[].expr)")
 
 
 RULE_ITEM = re.compile(r"^(\s*)-\s+(alert|record|expr|for|labels|annotations)\s*:")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 KEY = re.compile(r"^(\s*)(?:-\s+)?([A-Za-z_]\w*)\s*:\s*(.*)$")
 
 
@@ -277,6 +329,8 @@ def parse_rules(text):
             item["keys"].add(key)
             if key in ("alert", "record"):
                 item["name"] = unquote(value)
+            elif key == "runbook_url":
+                item["runbook_url"] = unquote(value)
             elif key == "expr":
                 if value.strip()[:1] in ("|", ">"):
                     block = []
@@ -293,10 +347,39 @@ def parse_rules(text):
     return rules
 
 
-def check_rules(path, source, problems, out):
+def github_anchor(heading):
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def runbook_anchors(path):
+    anchors = set()
+    fence = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        m = HEADING.match(line)
+        if m and not fence:
+            anchors.add(github_anchor(m.group(1)))
+    return anchors
+
+
+def tested_states(path):
+    """{alert: {"firing", "quiet"}}: what the promtool tests expect of each alert."""
+    text = path.read_text(encoding="utf-8")
+    states = {}
+    for m in re.finditer(r"alertname:\s*(\w+)[\s\S]*?exp_alerts:\s*(\[\])?", text):
+        states.setdefault(m.group(1), set()).add("quiet" if m.group(2) else "firing")
+    return states
+
+
+def check_rules(path, source, problems, out, root):
     rules = parse_rules(path.read_text(encoding="utf-8"))
     if not rules:
         problems.add(source, "no rules found")
+    anchors = runbook_anchors(root / RUNBOOK)
+    states = tested_states(root / RULE_TESTS)
     for rule in rules:
         name = rule["name"] or f"line {rule['line']}"
         where = f"{source} rule {name}"
@@ -304,11 +387,21 @@ def check_rules(path, source, problems, out):
             problems.add(where, "has no expr")
             continue
         if "alert" in rule["keys"]:
-            for key in ("severity", "summary", "description"):
+            for key in ("severity", "summary", "description", "runbook_url"):
                 if key not in rule["keys"]:
                     problems.add(where, f"has no {key}")
+            url = rule.get("runbook_url") or ""
+            prefix = RUNBOOK + "#"
+            if url and not url.startswith(prefix):
+                problems.add(where, f"runbook_url {url!r} does not point into {RUNBOOK}")
+            elif url and url[len(prefix):] not in anchors:
+                problems.add(where, f"runbook_url {url!r}: {RUNBOOK} has no such section")
+            for state in ("firing", "quiet"):
+                if state not in states.get(name, set()):
+                    problems.add(where, f"{RULE_TESTS} never checks it {state}")
         out.append({"source": source, "panel": name, "kind": "alert",
-                    "expr": check_expression(rule["expr"], where, problems, False)})
+                    "expr": check_expression(rule["expr"], where, problems, False,
+                                             (JOB_MATCHER,))})
 
 
 def main():
@@ -322,7 +415,7 @@ def main():
     try:
         for source in DASHBOARDS:
             check_dashboard(args.root / source, source, problems, out)
-        check_rules(args.root / RULES, RULES, problems, out)
+        check_rules(args.root / RULES, RULES, problems, out, args.root)
     except (OSError, ValueError) as err:
         print(f"check-dashboards: cannot read: {err}", file=sys.stderr)
         return 2

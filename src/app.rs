@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::BrokerKind;
+use crate::broker::{Broker, BrokerSetupError};
 use crate::config::Config;
 use crate::http::connection::ConnSettings;
 use crate::http::edge::{Edge, EdgeError};
@@ -28,9 +28,9 @@ pub enum ServeError {
     /// The edge (auth, limits) could not be built from config.
     #[error(transparent)]
     Edge(#[from] EdgeError),
-    /// The configured broker cannot be started.
-    #[error("broker: {0}")]
-    Broker(String),
+    /// The configured broker cannot be built.
+    #[error(transparent)]
+    Broker(#[from] BrokerSetupError),
 }
 
 /// Runs Herald on `listener` until `shutdown` is cancelled, then drains:
@@ -41,11 +41,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    if config.broker.kind == BrokerKind::Redis {
-        return Err(ServeError::Broker(
-            "the redis broker is not available in this build".into(),
-        ));
-    }
     let telemetry = &config.telemetry;
     // With metrics off no recorder is installed: every `metrics` call is a no-op.
     let metrics = telemetry
@@ -53,14 +48,18 @@ pub async fn run(
         .then(crate::telemetry::metrics::install);
     let tracker = TaskTracker::new();
 
-    let hub = Hub::new(HubSettings::from_config(
-        &config.hub,
-        config.sse.max_batch_bytes,
-        config.sse.coalesce_ms,
-    ));
+    let broker = Broker::new(
+        &config.broker,
+        HubSettings::from_config(
+            &config.hub,
+            config.sse.max_batch_bytes,
+            config.sse.coalesce_ms,
+        ),
+    )?;
+    let hub = broker.hub().clone();
     let edge = Edge::new(&config.auth, &config.limits)?;
     let state = Arc::new(AppState::new(
-        hub.clone(),
+        broker.clone(),
         edge,
         config.http.clone(),
         config.sse.clone(),
@@ -89,6 +88,7 @@ pub async fn run(
         });
     }
     spawn_housekeeping(&tracker, hub, metrics, Arc::clone(&state), shutdown.clone());
+    broker.start(&tracker, shutdown.clone());
     if let Some(jwks) = state.edge.jwks() {
         // Fetched before accepting, bounded by the fetch timeout; a failure
         // is logged and the server starts anyway.
@@ -101,7 +101,8 @@ pub async fn run(
 
     tracing::info!(
         addr = %listener.local_addr().map_err(|source| BindError { addr: config.listen, source })?,
-        epoch = state.hub.epoch(),
+        broker = broker.kind().as_str(),
+        epoch = state.hub().epoch(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
@@ -123,10 +124,10 @@ pub async fn run(
     {
         tracing::warn!("publishes still running at the end of the grace period");
     }
-    let head = state.hub.head();
+    let head = state.hub().head();
     tracing::info!(final_head = %head, "publishes settled; streams deliver up to the final head");
     state.drain.release_streams(head.seq);
-    let hub_tasks = state.hub.tasks();
+    let hub_tasks = state.hub().tasks();
     hub_tasks.close();
     let drained = async { tokio::join!(tracker.wait(), hub_tasks.wait()) };
     if tokio::time::timeout_at(deadline, drained).await.is_err() {

@@ -1,6 +1,6 @@
-// Shared by the k6 scripts: environment parsing with bounds, the loopback-only
-// target check, request headers and payloads. k6 has no SSE client; the
-// subscribers come from `herald-bench` (see k6/README.md).
+// Shared by the k6 scripts: environment parsing with bounds, the target
+// check (loopback unless ALLOW_REMOTE=1), request headers, payloads and the
+// end-of-test summary (text on stdout, JSON in a file).
 
 import http from 'k6/http';
 import exec from 'k6/execution';
@@ -77,30 +77,61 @@ export function loopbackHost(url) {
   return null;
 }
 
+/** `ALLOW_REMOTE=1`: the explicit opt-in to load a non-loopback Herald. */
+export const ALLOW_REMOTE = __ENV.ALLOW_REMOTE === '1';
+
 /**
- * For setup(): aborts the whole test unless BASE_URL is loopback and the
- * server answers /readyz. Returns the server's readiness body.
+ * Why `url` may not be loaded, or null when it may: loopback always, any
+ * other host only with ALLOW_REMOTE=1.
  */
-export function requireLoopbackServer() {
-  if (loopbackHost(BASE_URL) === null) {
-    exec.test.abort(
-      `BASE_URL=${BASE_URL} is not loopback: these scripts only target 127.0.0.0/8, localhost or [::1]`,
-    );
+export function targetRefusal(url) {
+  if (loopbackHost(url) !== null) {
+    return null;
   }
-  const res = http.get(`${BASE_URL}/readyz`, { tags: { name: 'GET /readyz' }, timeout: '5s' });
+  if (!/^https?:\/\/[^/?#@]+(?:[/?#].*)?$/i.test(url)) {
+    return `BASE_URL=${url} is not an http(s) URL without user info`;
+  }
+  if (ALLOW_REMOTE) {
+    return null;
+  }
+  return (
+    `BASE_URL=${url} is not loopback: these scripts target 127.0.0.0/8, localhost or [::1] ` +
+    'unless ALLOW_REMOTE=1 is set to load a deployed Herald on purpose'
+  );
+}
+
+/**
+ * For setup(): aborts the whole test, before a single request, unless
+ * BASE_URL may be loaded (see targetRefusal) and the server answers /readyz.
+ * Returns the server's readiness body.
+ */
+export function requireServer() {
+  const refusal = targetRefusal(BASE_URL);
+  if (refusal !== null) {
+    exec.test.abort(refusal);
+  }
+  if (loopbackHost(BASE_URL) === null) {
+    console.warn(`ALLOW_REMOTE=1: loading ${BASE_URL}, which is not loopback`);
+  }
+  const res = http.get(`${BASE_URL}/readyz`, {
+    tags: { name: 'GET /readyz' },
+    timeout: '5s',
+    headers: authHeaders(),
+  });
   if (res.status !== 200) {
     exec.test.abort(`${BASE_URL}/readyz answered ${res.status}: start herald first`);
   }
   return res.json();
 }
 
+/** `Authorization: Bearer $HERALD_TOKEN`, when the token is set. */
+export function authHeaders() {
+  return __ENV.HERALD_TOKEN ? { Authorization: `Bearer ${__ENV.HERALD_TOKEN}` } : {};
+}
+
 /** Headers of a publish request; HERALD_TOKEN becomes a bearer token. */
 export function publishHeaders() {
-  const headers = { 'Content-Type': 'application/json' };
-  if (__ENV.HERALD_TOKEN) {
-    headers.Authorization = `Bearer ${__ENV.HERALD_TOKEN}`;
-  }
-  return headers;
+  return Object.assign({ 'Content-Type': 'application/json' }, authHeaders());
 }
 
 /** The channel of iteration `i`: round-robin over `count` channels. */
@@ -111,4 +142,69 @@ export function channelName(prefix, i, count) {
 /** One event body: the send time (ms since the epoch) first, then padding. */
 export function eventData(seq, padBytes) {
   return { sent_ms: Date.now(), seq, pad: 'x'.repeat(padBytes) };
+}
+
+/** A random hex string, to keep one run's channels apart from another's. */
+export function runId() {
+  let out = '';
+  for (let i = 0; i < 8; i++) {
+    out += Math.floor(Math.random() * 16).toString(16);
+  }
+  return out;
+}
+
+function formatValues(metric) {
+  const v = metric.values;
+  switch (metric.type) {
+    case 'counter':
+      return `${v.count}`;
+    case 'rate':
+      return `${(v.rate * 100).toFixed(2)}% (${v.passes} of ${v.passes + v.fails})`;
+    case 'gauge':
+      return `${v.value} (min ${v.min}, max ${v.max})`;
+    default:
+      return Object.keys(v)
+        .map((k) => `${k}=${Number(v[k]).toFixed(2)}`)
+        .join(' ');
+  }
+}
+
+/**
+ * A compact text summary: every threshold with its verdict, then every
+ * metric. (k6 prints nothing of its own once handleSummary exists.)
+ */
+export function textSummary(data) {
+  const lines = [];
+  const names = Object.keys(data.metrics).sort();
+  const failed = [];
+  lines.push('thresholds:');
+  for (const name of names) {
+    const thresholds = data.metrics[name].thresholds || {};
+    for (const expr of Object.keys(thresholds)) {
+      const ok = thresholds[expr].ok;
+      if (!ok) {
+        failed.push(`${name} ${expr}`);
+      }
+      lines.push(`  ${ok ? 'ok  ' : 'FAIL'} ${name} ${expr}`);
+    }
+  }
+  lines.push('metrics:');
+  for (const name of names) {
+    lines.push(`  ${name}: ${formatValues(data.metrics[name])}`);
+  }
+  lines.push(failed.length ? `FAILED thresholds: ${failed.join(', ')}` : 'all thresholds passed');
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * handleSummary's outputs: the text summary on stdout and the full summary
+ * as JSON in $SUMMARY_JSON (default `k6-summary-<script>.json` in the
+ * working directory).
+ */
+export function summaryOutputs(script, data) {
+  const file = __ENV.SUMMARY_JSON || `k6-summary-${script}.json`;
+  return {
+    stdout: textSummary(data),
+    [file]: JSON.stringify(data, null, 2),
+  };
 }

@@ -51,6 +51,12 @@ pub struct BrokerConfig {
     pub idempotency_window_secs: u64,
     /// Sentinel: the monitored master's name. Empty: no Sentinel.
     pub sentinel_master: String,
+    /// PEM file of the CA that signed Redis's TLS certificate, for
+    /// `rediss://` with a private CA. Unset: the system's roots.
+    pub tls_ca_file: Option<String>,
+    /// Memory broker: most idempotency keys remembered at once (the oldest
+    /// are forgotten first).
+    pub idempotency_max_keys: usize,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +70,8 @@ impl Default for BrokerConfig {
             history_ttl_secs: 86_400,
             idempotency_window_secs: 300,
             sentinel_master: String::new(),
+            tls_ca_file: None,
+            idempotency_max_keys: 100_000,
         }
     }
 }
@@ -79,6 +87,8 @@ impl fmt::Debug for BrokerConfig {
             .field("history_ttl_secs", &self.history_ttl_secs)
             .field("idempotency_window_secs", &self.idempotency_window_secs)
             .field("sentinel_master", &self.sentinel_master)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("idempotency_max_keys", &self.idempotency_max_keys)
             .finish()
     }
 }
@@ -93,6 +103,9 @@ pub enum BrokerConfigError {
     /// it may carry a password).
     #[error("url must start with redis:// or rediss:// (each entry, with Sentinel)")]
     BadUrl,
+    /// Sentinel with a private CA (not supported).
+    #[error("tls_ca_file cannot be combined with sentinel_master")]
+    SentinelTls,
     /// A key prefix with characters that would make keys ambiguous.
     #[error("key_prefix must be 1 to 64 letters, digits, '_', '-', '.' or ':'")]
     BadPrefix,
@@ -127,6 +140,12 @@ impl BrokerConfig {
             1,
             86_400,
         )?;
+        range(
+            "idempotency_max_keys",
+            self.idempotency_max_keys as u64,
+            1,
+            10_000_000,
+        )?;
         let prefix_ok = !self.key_prefix.is_empty()
             && self.key_prefix.len() <= 64
             && self
@@ -140,6 +159,9 @@ impl BrokerConfig {
             let url = self.url.as_deref().ok_or(BrokerConfigError::MissingUrl)?;
             if self.urls(url).any(|u| !is_redis_url(u)) {
                 return Err(BrokerConfigError::BadUrl);
+            }
+            if !self.sentinel_master.is_empty() && self.tls_ca_file.is_some() {
+                return Err(BrokerConfigError::SentinelTls);
             }
         }
         Ok(())

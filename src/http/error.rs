@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::broker::BrokerError;
 use crate::hub::HubError;
 use crate::limits::Limited;
 
@@ -49,6 +50,14 @@ pub enum ApiError {
     /// The route or channel does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with an earlier one (422).
+    #[error("{message}")]
+    Conflict {
+        /// Stable error code.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
     /// The route exists, but not for this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -111,6 +120,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Conflict { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
@@ -158,6 +168,22 @@ impl From<HubError> for ApiError {
             HubError::EventTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             HubError::TooManyChannels(_) => Self::Unavailable {
                 code: "channel_capacity",
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Hub(h) => h.into(),
+            BrokerError::Unavailable(message) => Self::Unavailable {
+                code: "broker_unavailable",
+                message,
+            },
+            BrokerError::IdempotencyConflict => Self::Conflict {
+                code: "idempotency_key_reused",
                 message: e.to_string(),
             },
         }

@@ -21,7 +21,15 @@ pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
     if state.drain.is_closing() {
         return ApiError::draining().into_response();
     }
-    Json(json!({ "status": "ready", "broker": "memory", "epoch": state.hub.epoch().to_string() }))
+    let broker = state.broker.kind().as_str();
+    if !state.broker.is_ready() {
+        return ApiError::Unavailable {
+            code: "broker_unavailable",
+            message: format!("broker {broker} is not reachable"),
+        }
+        .into_response();
+    }
+    Json(json!({ "status": "ready", "broker": broker, "epoch": state.hub().epoch().to_string() }))
         .into_response()
 }
 
@@ -29,7 +37,7 @@ pub async fn get_ready(State(state): State<Arc<AppState>>) -> Response {
 pub async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
     // Gauges that are cheaper to read at scrape time than to keep current.
     metrics::gauge!(crate::telemetry::metrics::HISTORY_BYTES)
-        .set(state.hub.retained_bytes() as f64);
+        .set(state.hub().retained_bytes() as f64);
     match &state.metrics {
         Some(handle) => (
             [(

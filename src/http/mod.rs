@@ -35,6 +35,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::broker::Broker;
 use crate::hub::Hub;
 use crate::shutdown::Drain;
 use crate::telemetry::metrics as m;
@@ -45,8 +46,8 @@ use error::{ApiError, json_rejection};
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
-    /// The broadcast core.
-    pub hub: Hub,
+    /// Where events are sequenced and carried (memory or Redis).
+    pub broker: Broker,
     /// `[http]` settings.
     pub http: HttpConfig,
     /// `[sse]` settings.
@@ -84,7 +85,7 @@ impl SseMetrics {
 impl AppState {
     /// Builds the state from its validated parts.
     pub fn new(
-        hub: Hub,
+        broker: Broker,
         edge: edge::Edge,
         http: HttpConfig,
         sse: SseConfig,
@@ -94,13 +95,18 @@ impl AppState {
         Self {
             channel_labels: channel_labels.iter().cloned().collect(),
             edge,
-            hub,
+            broker,
             http,
             sse,
             drain: Drain::default(),
             metrics,
             sse_metrics: SseMetrics::new(),
         }
+    }
+
+    /// The hub local subscribers read from.
+    pub fn hub(&self) -> &Hub {
+        self.broker.hub()
     }
 }
 

@@ -15,9 +15,13 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use tracing::Instrument as _;
+
 use super::AppState;
 use super::edge::Identity;
 use super::error::ApiError;
+use crate::broker::PublishRequest;
+use crate::broker::idempotency::IdempotencyKey;
 use crate::hub::{EventId, NewEvent};
 
 /// One event in a publish request.
@@ -61,7 +65,7 @@ pub async fn publish_events(
             "publish to /channels/{channel}/events or /channels/{channel}/events/batch".into(),
         ));
     };
-    state.hub.validate_channel(channel)?;
+    state.hub().validate_channel(channel)?;
     state.edge.may_publish(&who, channel)?;
     check_json_content_type(&headers)?;
     let events = if batch {
@@ -82,14 +86,30 @@ pub async fn publish_events(
         vec![to_new_event(parse_json(&body)?)?]
     };
     for e in &events {
-        state.hub.validate_event(e)?;
+        state.hub().validate_event(e)?;
     }
+    let idempotency = headers
+        .get("idempotency-key")
+        .map(|raw| IdempotencyKey::new(raw.as_bytes(), who.subject(), channel, batch, &body))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))?;
     state.edge.admit_publish_rate(&who, events.len())?;
     let span = tracing::info_span!("publish", channel = %channel, events = events.len());
     // Taken inside the publish span, so fan-out spans link to it.
     let trace = span.in_scope(crate::telemetry::trace::current_span_context);
-    let ids = span.in_scope(|| state.hub.publish(channel, events, trace))?;
-    tracing::debug!(parent: &span, first = %ids[0], "published");
+    let request = PublishRequest {
+        channel,
+        events,
+        idempotency,
+        trace,
+    };
+    let published = state
+        .broker
+        .publish(request)
+        .instrument(span.clone())
+        .await?;
+    let ids = published.ids;
+    tracing::debug!(parent: &span, first = %ids[0], replayed = published.replayed, "published");
     if state.channel_labels.contains(channel) {
         metrics::counter!(
             crate::telemetry::metrics::CHANNEL_EVENTS_PUBLISHED,
@@ -111,13 +131,13 @@ pub async fn channel_stats(
     Extension(who): Extension<Identity>,
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.hub.validate_channel(&channel)?;
+    state.hub().validate_channel(&channel)?;
     state.edge.may_read(&who, &channel)?;
     let stats = state
-        .hub
+        .hub()
         .stats(&channel)
         .ok_or_else(|| ApiError::NotFound(format!("channel {channel:?} does not exist")))?;
-    let epoch = state.hub.epoch();
+    let epoch = state.hub().epoch();
     Ok(Json(json!({
         "channel": stats.name,
         "subscribers": stats.subscribers,

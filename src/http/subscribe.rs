@@ -87,7 +87,7 @@ pub async fn subscribe_events(
     }
     let query = SubscribeQuery::parse(raw.as_deref(), state.sse.max_channels_per_connection)?;
     for channel in &query.channels {
-        state.hub.validate_channel(channel)?;
+        state.hub().validate_channel(channel)?;
     }
     let permit = state.edge.admit_subscriber(&who, &query.channels)?;
     let header_id = headers
@@ -100,8 +100,9 @@ pub async fn subscribe_events(
         Some(id) => Resume::After(id),
     };
     let sub = state
-        .hub
-        .subscribe(&query.channels, resume, query.envelope)?;
+        .broker
+        .subscribe(&query.channels, resume, query.envelope)
+        .await?;
     // Debug level: a span lives as long as its stream, so at the default
     // `info` filter no per-connection span memory is spent.
     let span = tracing::debug_span!(

@@ -43,10 +43,14 @@ impl Budget {
         self.bytes
     }
 
-    /// Files a channel that just received events (its ring is locked by
-    /// the caller) and charges them.
-    pub(crate) fn stored(&mut self, channel: &Arc<Channel>, ring: &mut Ring, bytes: usize) {
+    /// Charges bytes about to enter a ring.
+    pub(crate) fn charge(&mut self, bytes: usize) {
         self.bytes += bytes;
+    }
+
+    /// Files a channel that just received events (its ring is locked by
+    /// the caller), so the oldest-first index can find them.
+    pub(crate) fn file(&mut self, channel: &Arc<Channel>, ring: &mut Ring) {
         if ring.budget_key == 0
             && let Some(front) = ring.front_seq()
         {

@@ -2,7 +2,7 @@
 //! fan-out buffer), a wake-up primitive and a subscriber count.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -32,7 +32,19 @@ pub struct Channel {
     last_wake_ms: AtomicU64,
     /// A deferred wake-up is scheduled (coalescing only).
     wake_scheduled: AtomicBool,
+    /// Remote mode: who fills the ring from the broker's history
+    /// (`FILL_*`). Local channels start `FILL_READY`.
+    pub(crate) fill: AtomicU8,
+    /// Woken when a fill completes or is abandoned.
+    pub(crate) filled: Notify,
 }
+
+/// Nobody is filling the ring yet (or the last attempt was abandoned).
+pub(crate) const FILL_NONE: u8 = 0;
+/// A subscriber is reading the broker's history into the ring.
+pub(crate) const FILL_RUNNING: u8 = 1;
+/// The ring holds the channel's history; readers may start.
+pub(crate) const FILL_READY: u8 = 2;
 
 #[derive(Debug)]
 pub(crate) struct Ring {
@@ -55,6 +67,9 @@ pub(crate) struct Ring {
     /// Set when the channel leaves the hub's map: publishers must look the
     /// channel up again.
     pub(crate) dead: bool,
+    /// Remote mode: events that arrived live while the ring was being
+    /// filled; merged behind the history when the fill completes.
+    pub(crate) pending: Vec<Arc<Event>>,
 }
 
 /// What one read of a channel found.
@@ -87,7 +102,13 @@ pub struct ChannelStats {
 }
 
 impl Channel {
-    pub(crate) fn new(name: Arc<str>, capacity: usize, floor: u64, now_ms: u64) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        capacity: usize,
+        floor: u64,
+        now_ms: u64,
+        ready: bool,
+    ) -> Self {
         Self {
             name,
             ring: Mutex::new(Ring {
@@ -99,13 +120,26 @@ impl Channel {
                 budget_key: 0,
                 held_any: false,
                 dead: false,
+                pending: Vec::new(),
             }),
             notify: Arc::new(Notify::new()),
             subscribers: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms),
             last_wake_ms: AtomicU64::new(0),
             wake_scheduled: AtomicBool::new(false),
+            fill: AtomicU8::new(if ready { FILL_READY } else { FILL_NONE }),
+            filled: Notify::new(),
         }
+    }
+
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether readers may start (always, for local channels).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.fill.load(Ordering::Acquire) == FILL_READY
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Ring> {
@@ -250,6 +284,25 @@ impl Ring {
         self.evicted_through = old.id.seq;
         self.bytes -= old.charge();
         Some(old)
+    }
+
+    /// Seq of the newest retained event.
+    pub(crate) fn back_seq(&self) -> Option<u64> {
+        self.events.back().map(|e| e.id.seq)
+    }
+
+    /// Raises the point below which history is known to be gone.
+    pub(crate) fn lose_through(&mut self, seq: u64) {
+        self.evicted_through = self.evicted_through.max(seq);
+    }
+
+    /// Empties the ring for a new epoch; returns the bytes it held.
+    pub(crate) fn clear(&mut self) -> usize {
+        self.events.clear();
+        self.pending.clear();
+        self.evicted_through = 0;
+        self.budget_key = 0;
+        std::mem::take(&mut self.bytes)
     }
 
     /// Seq of the oldest retained event.

@@ -27,6 +27,7 @@ pub mod config;
 pub mod event;
 pub mod frame;
 pub mod id;
+pub mod remote;
 pub mod subscription;
 mod tombstones;
 
@@ -120,6 +121,19 @@ impl HubSettings {
     }
 }
 
+/// Channels joined by one would-be subscriber (see [`Hub::join`]).
+#[derive(Debug)]
+pub struct Joined {
+    channels: Vec<Arc<Channel>>,
+}
+
+impl Joined {
+    /// The joined channels.
+    pub fn channels(&self) -> &[Arc<Channel>] {
+        &self.channels
+    }
+}
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Resume<'a> {
@@ -148,7 +162,8 @@ pub(crate) struct HubInner {
     history_channels: AtomicUsize,
     /// The last assigned seq and the memory budget. Held while appending
     /// to a ring, so rings receive seqs in order and the budget's index
-    /// matches the rings. Lock order: map shard, then this, then a ring.
+    /// matches the rings. Lock order: this, then a map shard, then a ring
+    /// (nothing takes this while holding a shard or a ring).
     sequencer: Mutex<Sequencer>,
     /// Highest seq whose event is already in its ring.
     committed: AtomicU64,
@@ -159,12 +174,42 @@ pub(crate) struct HubInner {
     /// Deferred (coalesced) wake-ups; closed and awaited on drain.
     tasks: TaskTracker,
     metrics: HubMetrics,
+    /// Remote mode: seqs come from a broker, rings are filled from its
+    /// history (see `remote`).
+    remote: bool,
+    /// Remote mode: the state of the link to the broker.
+    link: remote::LinkState,
 }
 
 #[derive(Debug, Default)]
-struct Sequencer {
+pub(crate) struct Sequencer {
     last: u64,
     budget: Budget,
+}
+
+impl Sequencer {
+    /// Appends sealed events to a channel's ring (locked by the caller),
+    /// charging them to the budget; returns how many old events the ring
+    /// dropped to make room.
+    fn store(
+        &mut self,
+        channel: &Arc<Channel>,
+        ring: &mut channel::Ring,
+        events: impl IntoIterator<Item = Arc<Event>>,
+    ) -> u64 {
+        let mut dropped = 0;
+        for event in events {
+            // Charged before the push: the push may evict an event of this
+            // very batch (a batch larger than the ring).
+            self.budget.charge(event.charge());
+            if let Some(old) = ring.push(event) {
+                self.budget.released(old.charge());
+                dropped += 1;
+            }
+        }
+        self.budget.file(channel, ring);
+        dropped
+    }
 }
 
 /// Metric handles resolved once, off the per-publish path.
@@ -265,6 +310,16 @@ impl Hub {
 
     /// A hub with the given epoch.
     pub fn with_epoch(settings: HubSettings, epoch: u64) -> Self {
+        Self::build(settings, epoch, false)
+    }
+
+    /// A hub whose seqs, epoch and history come from a broker (Redis): see
+    /// [`remote`]. Its epoch is unknown (0) until the broker link syncs.
+    pub fn new_remote(settings: HubSettings) -> Self {
+        Self::build(settings, 0, true)
+    }
+
+    fn build(settings: HubSettings, epoch: u64, remote: bool) -> Self {
         metrics::gauge!(m::CHANNELS).set(0.0);
         Self {
             inner: Arc::new(HubInner {
@@ -281,6 +336,8 @@ impl Hub {
                 started: Instant::now(),
                 tasks: TaskTracker::new(),
                 metrics: HubMetrics::new(),
+                remote,
+                link: remote::LinkState::default(),
             }),
         }
     }
@@ -392,12 +449,18 @@ impl Hub {
                 Arc::clone(e.get())
             }
             dashmap::Entry::Vacant(e) => {
-                let floor = inner.lock_tombstones().take(name);
+                // Remote channels learn their floor from the broker's history.
+                let floor = if inner.remote {
+                    0
+                } else {
+                    inner.lock_tombstones().take(name)
+                };
                 let ch = Arc::new(Channel::new(
                     Arc::clone(e.key()),
                     inner.settings.ring_size,
                     floor,
                     inner.now_ms(),
+                    !inner.remote,
                 ));
                 if join {
                     ch.add_subscriber();
@@ -410,7 +473,8 @@ impl Hub {
         }
     }
 
-    /// Publishes events to one channel, in order, with consecutive seqs.
+    /// Publishes events to one channel, in order, with consecutive seqs
+    /// (local mode; a remote hub's events arrive through [`Hub::apply`]).
     pub fn publish(
         &self,
         channel: &str,
@@ -447,23 +511,22 @@ impl Hub {
             }
             let epoch = inner.epoch();
             let first = seq.last + 1;
-            let mut stored = 0;
-            let mut ring_evicted = 0u64;
+            let mut sealed = Vec::with_capacity(count);
             for p in pending.drain(..) {
                 seq.last += 1;
                 let id = EventId {
                     epoch,
                     seq: seq.last,
                 };
-                let event = p.finish(id, Arc::clone(&ch.name), accepted_at, trace.clone());
-                stored += event.charge();
-                if let Some(old) = ring.push(Arc::new(event)) {
-                    seq.budget.released(old.charge());
-                    ring_evicted += 1;
-                }
+                sealed.push(Arc::new(p.finish(
+                    id,
+                    Arc::clone(&ch.name),
+                    accepted_at,
+                    trace.clone(),
+                )));
                 ids.push(id);
             }
-            seq.budget.stored(&ch, &mut ring, stored);
+            let ring_evicted = seq.store(&ch, &mut ring, sealed);
             drop(ring);
             let evicted = seq.budget.enforce(inner.settings.max_memory_bytes, first);
             inner.retained.store(seq.budget.bytes(), Ordering::Relaxed);
@@ -496,7 +559,28 @@ impl Hub {
         resume: Resume<'_>,
         envelope: bool,
     ) -> Result<Subscription, HubError> {
-        let joined: Vec<Arc<Channel>> = channels.iter().map(|n| self.channel(n, true)).collect();
+        let joined = self.join(channels);
+        Ok(self.start(joined, resume, envelope))
+    }
+
+    /// Joins `channels` as one more subscriber, creating them as needed.
+    /// Hand the result to [`Hub::start`] (after, in remote mode, every
+    /// channel is ready), or to [`Hub::leave_all`].
+    pub fn join(&self, channels: &[String]) -> Joined {
+        Joined {
+            channels: channels.iter().map(|n| self.channel(n, true)).collect(),
+        }
+    }
+
+    /// Gives joined channels back without subscribing.
+    pub fn leave_all(&self, joined: Joined) {
+        for ch in &joined.channels {
+            self.inner.leave(ch);
+        }
+    }
+
+    /// Starts a subscription on joined (and ready) channels.
+    pub fn start(&self, joined: Joined, resume: Resume<'_>, envelope: bool) -> Subscription {
         let epoch = self.inner.epoch();
         let head = self.inner.committed();
         let (start, reset, replay) = match resume {
@@ -519,14 +603,15 @@ impl Hub {
         if reset.is_some() {
             metrics::counter!(m::REPLAYS, "result" => "reset").increment(1);
         }
-        Ok(Subscription::new(
+        Subscription::new(
             Arc::clone(&self.inner),
-            joined,
+            joined.channels,
+            epoch,
             start,
             reset,
             replay,
             envelope,
-        ))
+        )
     }
 
     /// Stats of one channel, if it exists.
@@ -549,11 +634,12 @@ impl Hub {
         let mut reaped = 0;
         for name in candidates {
             let mut high = 0;
+            // Lock order: sequencer, then the map shard, then the ring.
+            let mut seq = inner.lock_sequencer();
             let removed = inner.channels.remove_if(&name, |_, ch| {
                 if ch.subscribers() != 0 || now.saturating_sub(ch.idle_since_ms()) < ttl {
                     return false;
                 }
-                let mut seq = inner.lock_sequencer();
                 let mut ring = ch.lock();
                 ring.dead = true;
                 high = ring.high_water();
@@ -564,6 +650,7 @@ impl Hub {
                 inner.retained.store(seq.budget.bytes(), Ordering::Relaxed);
                 true
             });
+            drop(seq);
             if removed.is_some() {
                 reaped += 1;
                 inner.channel_count.fetch_sub(1, Ordering::Relaxed);

@@ -70,6 +70,9 @@ pub struct Batch {
 /// A live subscription to one or more channels. Dropping it unsubscribes.
 pub struct Subscription {
     hub: Arc<HubInner>,
+    /// The epoch the cursors count in; when the hub's changes (a broker
+    /// lost its history), the subscription resets and starts over.
+    epoch: u64,
     cursors: Vec<Cursor>,
     /// Reused between batches; emptied after each.
     scratch: Vec<Arc<Event>>,
@@ -99,6 +102,7 @@ impl Subscription {
     pub(crate) fn new(
         hub: Arc<HubInner>,
         channels: Vec<Arc<Channel>>,
+        epoch: u64,
         start_after: u64,
         initial_reset: Option<(ResetReason, Option<String>)>,
         replay_pending: bool,
@@ -116,12 +120,12 @@ impl Subscription {
         let initial_reset = initial_reset.map(|(reason, after)| {
             let names: Vec<&str> = cursors.iter().map(|c| &*c.channel.name).collect();
             let through = EventId {
-                epoch: hub.epoch(),
+                epoch,
                 seq: start_after,
             };
             // The client's next resume should start where this stream starts.
             reset_frame(
-                hub.epoch(),
+                epoch,
                 reason,
                 &names,
                 after.as_deref(),
@@ -131,6 +135,7 @@ impl Subscription {
         });
         Self {
             hub,
+            epoch,
             cursors,
             scratch: Vec::new(),
             initial_reset,
@@ -159,7 +164,11 @@ impl Subscription {
                 cursor.notified.set(fresh);
             }
         }
-        let initial = self.initial_reset.take();
+        let mut initial = self.initial_reset.take();
+        let epoch = self.hub.epoch();
+        if epoch != self.epoch {
+            initial = Some(self.restart_in(epoch, initial));
+        }
         // Everything at or below `upto` is already in its ring (see Hub::publish).
         let upto = self.hub.committed();
         let max_bytes = self.hub.max_batch_bytes;
@@ -204,6 +213,35 @@ impl Subscription {
         Poll::Ready(self.take_batch(resets))
     }
 
+    /// The broker lost its history and a new epoch began: every cursor
+    /// starts over at the new epoch's beginning, after an `unknown_epoch`
+    /// reset (behind any reset still unsent).
+    fn restart_in(&mut self, epoch: u64, unsent: Option<Bytes>) -> Bytes {
+        let after = EventId {
+            epoch: self.epoch,
+            seq: self.position(),
+        }
+        .to_string();
+        self.epoch = epoch;
+        for cursor in &mut self.cursors {
+            cursor.after = 0;
+        }
+        let start = EventId { epoch, seq: 0 };
+        let names: Vec<&str> = self.channels().collect();
+        let reset = reset_frame(
+            epoch,
+            ResetReason::UnknownEpoch,
+            &names,
+            Some(&after),
+            start,
+            Some(start),
+        );
+        match unsent {
+            None => reset,
+            Some(first) => [first, reset].concat().into(),
+        }
+    }
+
     /// Reset frames for channels whose events between a cursor and
     /// `through` are gone, after any reset decided at subscribe time. Each
     /// carries an `id:` that is safe to resume from: the lowest cursor of
@@ -215,7 +253,7 @@ impl Subscription {
         } else {
             ResetReason::Overtaken
         };
-        let epoch = self.hub.epoch();
+        let epoch = self.epoch;
         let resume_at = self.cursors.iter().map(|c| c.after).min().unwrap_or(0);
         let mut out = BytesMut::new();
         if let Some(first) = initial {

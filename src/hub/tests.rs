@@ -410,3 +410,17 @@ fn fan_out_allocates_nothing_per_subscriber_per_event() {
         }
     }
 }
+
+#[test]
+fn a_batch_larger_than_the_ring_keeps_the_accounting_whole() {
+    let hub = Hub::with_epoch(settings(4), 5);
+    let events: Vec<NewEvent> = (0..10).map(|i| ev(&i.to_string())).collect();
+    hub.publish("a", events, None).expect("publish");
+    let stats = hub.stats("a").expect("a");
+    assert_eq!(stats.ring_len, 4);
+    assert_eq!(stats.evicted_through, 6);
+    assert_eq!(hub.retained_bytes(), stats.bytes);
+    assert!(stats.bytes > 0);
+    assert_eq!(hub.reap(), 1);
+    assert_eq!(hub.retained_bytes(), 0, "reaping uncharges everything");
+}

@@ -52,6 +52,17 @@ pub const CHANNEL_EVENTS_PUBLISHED: &str = "herald_channel_events_published_tota
 pub const PUBLISH_ERRORS: &str = "herald_publish_errors_total";
 /// JWKS fetches, by `result` = `ok` | `error` (counter).
 pub const JWKS_REFRESHES: &str = "herald_jwks_refreshes_total";
+/// Whether the broker can serve: 1 or 0, by `broker` (gauge).
+pub const BROKER_UP: &str = "herald_broker_up";
+/// Broker operations that failed, by `op` (counter).
+pub const BROKER_ERRORS: &str = "herald_broker_errors_total";
+/// Seconds a publish spent in the broker (histogram), by `broker`.
+pub const BROKER_PUBLISH_DURATION: &str = "herald_broker_publish_duration_seconds";
+/// Link resyncs after a drop or gap, by `result` (counter).
+pub const BROKER_RESYNCS: &str = "herald_broker_resyncs_total";
+/// Publishes answered from an earlier one with the same Idempotency-Key,
+/// by `result` = `replayed` | `conflict` (counter).
+pub const IDEMPOTENT_PUBLISHES: &str = "herald_idempotent_publishes_total";
 /// Bytes of retained history, as counted against `hub.max_memory_bytes` (gauge).
 pub const HISTORY_BYTES: &str = "herald_history_bytes";
 /// Retained events dropped, by `reason` = `ring_full` | `memory_budget` (counter).
@@ -77,6 +88,12 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(HTTP_REQUEST_DURATION.into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BROKER_PUBLISH_DURATION.into()),
                         LATENCY_BUCKETS,
                     )
                 })
@@ -145,6 +162,21 @@ fn describe() {
         "Events published to allowlisted channels, by channel"
     );
     describe_counter!(JWKS_REFRESHES, "JWKS fetches, by result");
+    describe_gauge!(BROKER_UP, "Whether the broker can serve (1) or not (0)");
+    describe_counter!(BROKER_ERRORS, "Broker operations that failed, by op");
+    describe_histogram!(
+        BROKER_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time a publish spent in the broker"
+    );
+    describe_counter!(
+        BROKER_RESYNCS,
+        "Link resyncs after a dropped connection or a gap, by result"
+    );
+    describe_counter!(
+        IDEMPOTENT_PUBLISHES,
+        "Publishes answered from an earlier one with the same Idempotency-Key"
+    );
     describe_gauge!(
         HISTORY_BYTES,
         Unit::Bytes,

@@ -2,11 +2,14 @@
 """Tests of the Helm chart in helm/herald.
 
 Lints the chart with Helm's own Go code (PyPI `helm-python-sdk`), renders it
-with the default values and with every optional feature on, validates each
-rendered manifest offline against the Kubernetes OpenAPI schemas (PyPI
-`kubernetes-validate`; the prometheus-operator CRDs have no schema there, so
-their structure is checked by hand), feeds the rendered config to the real
-`herald check-config`, and asserts the chart's invariants.
+with the default values, with every optional feature on, and with each
+scenario file in helm/herald/ci/, validates each rendered manifest offline
+against the Kubernetes OpenAPI schemas (PyPI `kubernetes-validate`; the
+prometheus-operator and Gateway API CRDs have no schema there, so their
+structure is checked by hand), checks values.schema.json against the keys the
+real `herald` accepts, feeds the rendered config to `herald check-config`,
+runs the `helm test` script against a real `herald` serving the rendered
+config, and asserts the chart's invariants.
 
     python3 -m pip install helm-python-sdk kubernetes-validate
     python3 tests/helm/test_chart.py                  # run the tests
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import unittest
 from pathlib import Path
@@ -38,7 +44,25 @@ KUBE_VERSION = "1.34.0"
 RELEASE = "herald"
 NAMESPACE = "notify"
 SELECTOR_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
-CRD_GROUP = "monitoring.coreos.com/"
+CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+# The one value an install cannot do without: no public image exists.
+IMAGE = {"image": {"repository": "registry.example.com/herald"}}
+IMAGE_REQUIRED = (
+    "set image.repository to the image you built and pushed; see README 'Container image'"
+)
+# Where the chart's default config departs from config/production.toml, and why.
+CHART_DEVIATIONS: dict[str, dict[str, Any]] = {
+    # /metrics off the main port, so an Ingress routing / never exposes it.
+    "telemetry": {"admin_listen": "0.0.0.0:9090"},
+    # History budget sized to the pod's 512Mi memory limit.
+    "hub": {"max_memory_bytes": 192 * 1024 * 1024},
+}
+# The JWT secret `herald` runs with in the tests, as the chart's Secret gives it.
+HERALD_ENV = {"HERALD_JWT_SECRET": "k" * 48}
+# The Redis URL the chart passes as HERALD_BROKER__URL with the Redis broker;
+# check-config only validates it, nothing connects to it.
+REDIS_URL = "redis://127.0.0.1:6379/"
 TABLE_START = "<!-- values-table:start -->"
 TABLE_END = "<!-- values-table:end -->"
 
@@ -54,6 +78,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 # Every optional feature on, a separate admin listener, and an existing Secret.
 FULL_VALUES: dict[str, Any] = {
+    **IMAGE,
     "auth": {"existingSecret": "herald-jwt", "existingSecretKey": "secret"},
     "config": {
         "telemetry": {
@@ -80,6 +105,16 @@ FULL_VALUES: dict[str, Any] = {
         "hosts": [{"host": "herald.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
         "tls": [{"secretName": "herald-tls", "hosts": ["herald.example.com"]}],
     },
+    "httpRoute": {
+        "enabled": True,
+        "parentRefs": [{"name": "public", "namespace": "gateway"}],
+        "hostnames": ["herald.example.com"],
+    },
+    "networkPolicy": {
+        "enabled": True,
+        "httpFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+    },
     "podDisruptionBudget": {"enabled": True},
     "extraEnv": [{"name": "HERALD_LIMITS__PUBLISH_PER_SECOND", "value": "50"}],
     "podAnnotations": {"example.com/team": "notify"},
@@ -87,12 +122,29 @@ FULL_VALUES: dict[str, Any] = {
 }
 
 
-def render(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Renders the chart; returns the parsed documents of each template."""
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def render_raw(values: dict[str, Any] | None, bare: bool = False) -> dict[str, str]:
+    """Renders the chart with IMAGE merged under `values` (unless `bare`)."""
+    values = values if bare else deep_merge(IMAGE, values or {})
     with helm.Chart.load(CHART) as chart:
-        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def render(
+    values: dict[str, Any] | None = None, bare: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """Renders the chart; returns the parsed documents of each template."""
     docs: dict[str, list[dict[str, Any]]] = {}
-    for path, text in out.items():
+    for path, text in render_raw(values, bare).items():
         if path.endswith("NOTES.txt"):
             continue
         docs[path] = [d for d in yaml.safe_load_all(text) if d]
@@ -100,9 +152,12 @@ def render(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any
 
 
 def notes(values: dict[str, Any] | None = None) -> str:
-    with helm.Chart.load(CHART) as chart:
-        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out = render_raw(values)
     return next(v for k, v in out.items() if k.endswith("NOTES.txt"))
+
+
+def scenario(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
 
 
 def objects(docs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -162,6 +217,123 @@ def herald_binary() -> Path:
         ):
             return Path(msg["executable"])
     raise AssertionError("cargo did not report the herald executable")
+
+
+_BINARY: Path | None = None
+
+
+def binary() -> Path:
+    """The herald binary, built once per run."""
+    global _BINARY
+    if _BINARY is None:
+        _BINARY = herald_binary()
+    return _BINARY
+
+
+def herald_env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", ""), **HERALD_ENV, **extra}
+
+
+def check_config(toml: str) -> subprocess.CompletedProcess[str]:
+    """`herald check-config` on `toml`, with the env the chart's pod would have."""
+    env = herald_env()
+    if tomllib.loads(toml).get("broker", {}).get("kind") == "redis":
+        env["HERALD_BROKER__URL"] = REDIS_URL
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(toml)
+        f.flush()
+        return subprocess.run(
+            [str(binary()), "check-config", f.name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def herald_keys(section: str | None) -> list[str]:
+    """The keys `herald` accepts in `section` (None: the top level).
+
+    Read from the binary itself: an unknown key makes serde list every key
+    the section knows ("unknown field `x`, expected one of `a`, `b`").
+    """
+    probe = "zz_not_a_key = 1\n" if section is None else f"[{section}]\nzz_not_a_key = 1\n"
+    proc = check_config(probe)
+    # "expected one of `a`, `b`", or "expected `a`" for a one-key section.
+    match = re.search(
+        r"unknown field `zz_not_a_key`, expected (?:one of )?(.*?)(?: for key|$)", proc.stderr, re.M
+    )
+    if not match:
+        raise AssertionError(f"herald did not list the keys of [{section}]: {proc.stderr}")
+    return re.findall(r"`([a-z_]+)`", match.group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Herald:
+    """A real `herald serve` on loopback ports with a rendered config."""
+
+    def __init__(self, toml: str, **env: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self._file = tempfile.NamedTemporaryFile("w", suffix=".toml")
+        self._file.write(toml)
+        self._file.flush()
+        self._log = tempfile.TemporaryFile("w+")
+        # The rendered listen addresses are 0.0.0.0; tests stay on loopback.
+        self.proc = subprocess.Popen(
+            [str(binary()), "serve", "--config", self._file.name],
+            env=herald_env(
+                HERALD_LISTEN=f"127.0.0.1:{self.port}",
+                HERALD_TELEMETRY__ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+                **env,
+            ),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while self.get(self.port, "/readyz")[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
+                self.close()
+                raise AssertionError(f"herald did not become ready:\n{log}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+    @staticmethod
+    def get(port: int, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path)
+            res = conn.getresponse()
+            return res.status, res.read().decode(errors="replace")
+        except OSError as err:
+            return 0, str(err)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._file.close()
+        self._log.close()
+
+    def __enter__(self) -> "Herald":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- values.yaml documentation (helm-docs conventions) -----------------------
@@ -286,7 +458,7 @@ class ChartTest(unittest.TestCase):
     # Helm lint and rendering.
 
     def test_lint_is_clean_with_default_and_full_values(self) -> None:
-        for name, values in (("default", None), ("full", FULL_VALUES)):
+        for name, values in (("default", IMAGE), ("full", FULL_VALUES)):
             report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
             self.assertEqual(report["errors"], [], f"{name}: {report}")
             serious = [m for m in report["messages"] if m["severity"] >= 2]
@@ -295,7 +467,7 @@ class ChartTest(unittest.TestCase):
     def test_default_render_has_the_core_objects_only(self) -> None:
         self.assertEqual(
             kinds(self.default),
-            ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
+            ["ConfigMap", "Deployment", "Pod", "Secret", "Service", "ServiceAccount"],
         )
 
     def test_full_render_has_every_optional_object(self) -> None:
@@ -305,7 +477,10 @@ class ChartTest(unittest.TestCase):
                 "ConfigMap",
                 "ConfigMap",
                 "Deployment",
+                "HTTPRoute",
                 "Ingress",
+                "NetworkPolicy",
+                "Pod",
                 "PodDisruptionBudget",
                 "PrometheusRule",
                 "Service",
@@ -325,7 +500,7 @@ class ChartTest(unittest.TestCase):
         checked = 0
         for name, docs in (("default", self.default), ("full", self.full)):
             for doc in objects(docs):
-                if doc["apiVersion"].startswith(CRD_GROUP):
+                if doc["apiVersion"].startswith(CRD_GROUPS):
                     continue
                 with self.subTest(render=name, kind=doc["kind"]):
                     try:
@@ -334,7 +509,7 @@ class ChartTest(unittest.TestCase):
                         path = ".".join(str(p) for p in e.path)
                         self.fail(f"{doc['kind']} {path}: {e.message}")
                     checked += 1
-        self.assertGreaterEqual(checked, 12)
+        self.assertGreaterEqual(checked, 15)
 
     def test_service_monitor_structure(self) -> None:
         sm = one(self.full, "ServiceMonitor")
@@ -354,8 +529,18 @@ class ChartTest(unittest.TestCase):
         self.assertRegex(endpoint["interval"], r"^\d+[smh]$")
         self.assertRegex(endpoint["scrapeTimeout"], r"^\d+[smh]$")
         self.assertEqual(endpoint["relabelings"][0]["targetLabel"], "cluster")
-        # Without an admin listener, the main port is scraped.
+        # The default scrapes the admin port; without an admin listener, the main one.
         sm = one(render({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+        self.assertEqual(sm["spec"]["endpoints"][0]["port"], "metrics")
+        sm = one(
+            render(
+                {
+                    "serviceMonitor": {"enabled": True},
+                    "config": {"telemetry": {"admin_listen": None}},
+                }
+            ),
+            "ServiceMonitor",
+        )
         self.assertEqual(sm["spec"]["endpoints"][0]["port"], "http")
 
     def test_prometheus_rule_wraps_the_alert_file(self) -> None:
@@ -363,7 +548,10 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(rule["apiVersion"], "monitoring.coreos.com/v1")
         self.assertEqual(rule["metadata"]["labels"]["release"], "kube-prometheus-stack")
         self.assertEqual(set(rule["spec"]), {"groups"})
-        source = yaml.safe_load((ROOT / "dashboards" / "herald-alerts.yaml").read_text())
+        # The alert file as is, but for its job matcher, narrowed to this release.
+        text = (ROOT / "dashboards" / "herald-alerts.yaml").read_text()
+        selector = f'job="herald", namespace="{NAMESPACE}", service="{RELEASE}"'
+        source = yaml.safe_load(text.replace('job=~".*herald.*"', selector))
         self.assertEqual(rule["spec"]["groups"], source["groups"])
         alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
         self.assertGreaterEqual(len(alerts), 1)
@@ -372,8 +560,11 @@ class ChartTest(unittest.TestCase):
             self.assertIsInstance(r["expr"], str)
             self.assertIn(r["labels"]["severity"], {"warning", "critical"})
             self.assertIn("summary", r["annotations"])
-        # The job label the ServiceMonitor produces is what HeraldInstanceDown matches.
-        self.assertTrue(any('job=~".*herald.*"' in r["expr"] for r in alerts))
+        # Every rule selects this release's targets, as the ServiceMonitor labels them.
+        for r in alerts:
+            self.assertIn(selector, r["expr"], r["alert"])
+            self.assertNotIn(".*herald.*", r["expr"], r["alert"])
+            self.assertRegex(r["annotations"].get("runbook_url", ""), r"RUNBOOK\.md#", r["alert"])
 
     def test_dashboards_config_map(self) -> None:
         cm = [d for d in objects(self.full) if d["metadata"]["name"] == "herald-dashboards"][0]
@@ -502,6 +693,8 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(one(self.default, "Deployment")["spec"]["replicas"], 1)
         with self.assertRaisesRegex(helm.HelmError, "in-memory broker"):
             render({"replicaCount": 2})
+        with self.assertRaisesRegex(helm.HelmError, "in-memory broker"):
+            render({"replicaCount": 3, "broker": {"kind": "memory"}})
 
     def test_command_and_config_mount(self) -> None:
         c = container(self.default)
@@ -523,6 +716,10 @@ class ChartTest(unittest.TestCase):
     def test_default_config_is_config_production_toml(self) -> None:
         rendered = tomllib.loads(rendered_toml(self.default))
         production = tomllib.loads((ROOT / "config" / "production.toml").read_text())
+        for section, keys in CHART_DEVIATIONS.items():
+            for key, value in keys.items():
+                self.assertNotIn(key, production[section], "a deviation is no longer one")
+                self.assertEqual(rendered[section].pop(key), value, f"{section}.{key}")
         self.assertEqual(
             rendered, production, "values.yaml config: must mirror config/production.toml"
         )
@@ -536,12 +733,16 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(cfg["auth"]["anonymous_subscribe"], ["public/**"])
         self.assertIs(cfg["auth"]["production"], True, "untouched defaults survive the merge")
         self.assertEqual(cfg["hub"]["ring_size"], 1024)
-        self.assertNotIn("admin_listen", tomllib.loads(rendered_toml(self.default))["telemetry"])
+        self.assertEqual(
+            tomllib.loads(rendered_toml(self.default))["telemetry"]["admin_listen"], "0.0.0.0:9090"
+        )
+        dropped = render({"config": {"telemetry": {"admin_listen": None}}})
+        self.assertNotIn("admin_listen", tomllib.loads(rendered_toml(dropped))["telemetry"])
 
     def test_ports_follow_the_listen_addresses(self) -> None:
         ports = {p["name"]: p["containerPort"] for p in container(self.full)["ports"]}
         self.assertEqual(ports, {"http": 8000, "metrics": 9090})
-        docs = render({"config": {"listen": "[::]:8080"}})
+        docs = render({"config": {"listen": "[::]:8080", "telemetry": {"admin_listen": None}}})
         self.assertEqual(
             container(docs)["ports"], [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
         )
@@ -552,32 +753,17 @@ class ChartTest(unittest.TestCase):
             render({"config": {"auth": {"hs_secret": "x" * 40}}})
 
     def test_herald_accepts_the_rendered_config(self) -> None:
-        binary = herald_binary()
-        env = {"PATH": os.environ.get("PATH", ""), "HERALD_JWT_SECRET": "k" * 48}
         for name, docs in (("default", self.default), ("full", self.full)):
-            with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
-                f.write(rendered_toml(docs))
-                f.flush()
-                proc = subprocess.run(
-                    [str(binary), "check-config", f.name],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-                self.assertEqual(proc.returncode, 0, f"{name}: {proc.stderr}")
-        # The check has teeth: a key Herald does not know is refused.
-        with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
-            f.write(rendered_toml(render({"config": {"hub": {"ring_siz": 3}}})))
-            f.flush()
-            proc = subprocess.run(
-                [str(binary), "check-config", f.name],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            self.assertNotEqual(proc.returncode, 0)
+            proc = check_config(rendered_toml(docs))
+            self.assertEqual(proc.returncode, 0, f"{name}: {proc.stderr}")
+        # The check has teeth: a key Herald does not know is refused. (The
+        # schema now stops `config.hub.ring_siz` before rendering, so the
+        # typo goes into the rendered TOML directly.)
+        toml = rendered_toml(self.default).replace("[hub]\n", "[hub]\n  ring_siz = 3\n")
+        self.assertIn("ring_siz", toml)
+        proc = check_config(toml)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("ring_siz", proc.stderr)
 
     # The JWT secret.
 
@@ -616,6 +802,471 @@ class ChartTest(unittest.TestCase):
         http = [p for p in service["spec"]["ports"] if p["name"] == "http"][0]
         self.assertEqual(backend["port"]["number"], http["port"])
         self.assertEqual(ing["spec"]["tls"][0]["secretName"], "herald-tls")
+
+    # The image.
+
+    def test_render_without_image_repository_fails_clearly(self) -> None:
+        with self.assertRaises(helm.HelmError) as caught:
+            render(None, bare=True)
+        self.assertIn(IMAGE_REQUIRED, str(caught.exception))
+        readme = README.read_text()
+        self.assertIn("## Container image", readme)
+        self.assertRegex(readme, r"docker build -t \S+/herald:0\.1\.0 \.")
+        self.assertRegex(readme, r"docker push \S+/herald:0\.1\.0")
+        self.assertEqual(container(self.default)["image"], "registry.example.com/herald:0.1.0")
+
+    # values.schema.json.
+
+    def test_schema_rejects_typos_and_unknown_keys(self) -> None:
+        for values, needle in (
+            ({"config": {"hub": {"ring_siz": 3}}}, "ring_siz"),
+            ({"config": {"telemtry": {}}}, "telemtry"),
+            ({"replicaCont": 2}, "replicaCont"),
+            ({"ingress": {"enabeld": True}}, "enabeld"),
+            ({"broker": {"kind": "postgres"}}, "kind"),
+            ({"serviceMonitor": {"interval": "30 seconds"}}, "interval"),
+            ({"replicaCount": "3"}, "replicaCount"),
+            ({"tests": {"image": {"tagg": "x"}}}, "tagg"),
+        ):
+            with self.subTest(values=values):
+                with self.assertRaisesRegex(helm.HelmError, "schema") as caught:
+                    render(values)
+                self.assertIn(needle, str(caught.exception))
+        report = helm.lint(CHART, deep_merge(IMAGE, {"config": {"sse": {"heartbeat": 5}}}))
+        self.assertTrue(any("heartbeat" in str(m) for m in report["messages"]), report)
+
+    def test_schema_config_keys_are_the_keys_herald_accepts(self) -> None:
+        """values.schema.json's `config` mirrors Herald: the same sections, the same keys."""
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        config = schema["properties"]["config"]
+        self.assertIs(config["additionalProperties"], False)
+        self.assertEqual(sorted(config["properties"]), sorted(herald_keys(None)))
+        for name, prop in config["properties"].items():
+            if "properties" not in prop:
+                continue
+            with self.subTest(section=name):
+                self.assertIs(prop["additionalProperties"], False)
+                self.assertEqual(sorted(prop["properties"]), sorted(herald_keys(name)))
+
+    def test_schema_closes_every_object_it_describes(self) -> None:
+        def walk(node: dict[str, Any], path: str) -> None:
+            if "properties" in node:
+                self.assertIs(node.get("additionalProperties"), False, path)
+                for key, child in node["properties"].items():
+                    walk(child, f"{path}.{key}")
+            if isinstance(node.get("items"), dict):
+                walk(node["items"], path + "[]")
+
+        walk(json.loads((CHART / "values.schema.json").read_text()), "values")
+
+    # Scenario values files.
+
+    def test_scenarios_lint_render_and_validate(self) -> None:
+        self.assertEqual(
+            [p.name for p in SCENARIOS],
+            [
+                "ingress-monitoring-values.yaml",
+                "minimal-values.yaml",
+                "production-redis-values.yaml",
+            ],
+        )
+        for path in SCENARIOS:
+            values = scenario(path)
+            with self.subTest(scenario=path.name):
+                report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
+                self.assertEqual(report["errors"], [], report)
+                self.assertEqual([m for m in report["messages"] if m["severity"] >= 2], [])
+                docs = render(values, bare=True)
+                validated = 0
+                for doc in objects(docs):
+                    if doc["apiVersion"].startswith(CRD_GROUPS):
+                        continue
+                    try:
+                        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+                    except kubernetes_validate.ValidationError as e:
+                        where = ".".join(str(p) for p in e.path)
+                        self.fail(f"{path.name}: {doc['kind']} {where}: {e.message}")
+                    validated += 1
+                self.assertGreaterEqual(validated, 5)
+                proc = check_config(rendered_toml(docs))
+                self.assertEqual(proc.returncode, 0, f"{path.name}: {proc.stderr}")
+
+    def test_scenarios_hold_what_their_names_promise(self) -> None:
+        minimal = render(scenario(CHART / "ci" / "minimal-values.yaml"), bare=True)
+        self.assertEqual(one(minimal, "Deployment")["spec"]["strategy"], {"type": "Recreate"})
+
+        prod = render(scenario(CHART / "ci" / "production-redis-values.yaml"), bare=True)
+        deploy = one(prod, "Deployment")
+        self.assertEqual(deploy["spec"]["replicas"], 3)
+        self.assertEqual(deploy["spec"]["strategy"]["type"], "RollingUpdate")
+        self.assertEqual(tomllib.loads(rendered_toml(prod))["broker"]["kind"], "redis")
+        self.assertIn("HTTPRoute", kinds(prod))
+        self.assertIn("NetworkPolicy", kinds(prod))
+        self.assertNotIn("Secret", kinds(prod), "both secrets are the operator's own")
+
+        monitored = render(scenario(CHART / "ci" / "ingress-monitoring-values.yaml"), bare=True)
+        for kind in ("Ingress", "ServiceMonitor", "PrometheusRule"):
+            self.assertIn(kind, kinds(monitored))
+        self.assertEqual(
+            tomllib.loads(rendered_toml(monitored))["limits"]["trusted_proxies"], ["10.0.0.0/8"]
+        )
+
+    # Brokers and replicas.
+
+    def test_memory_broker_recreates_and_renders_no_broker_section(self) -> None:
+        deploy = one(self.default, "Deployment")
+        self.assertEqual(deploy["spec"]["strategy"], {"type": "Recreate"})
+        names = [e["name"] for e in container(self.default)["env"]]
+        self.assertNotIn("HERALD_BROKER__URL", names)
+        self.assertNotIn("broker", tomllib.loads(rendered_toml(self.default)))
+        # Pass-through keys render with the kind.
+        docs = render({"config": {"broker": {"key_prefix": "h1"}}})
+        self.assertEqual(
+            tomllib.loads(rendered_toml(docs))["broker"], {"kind": "memory", "key_prefix": "h1"}
+        )
+
+    def test_redis_broker_lifts_the_one_replica_rule(self) -> None:
+        values = {
+            "replicaCount": 3,
+            "broker": {
+                "kind": "redis",
+                "existingSecret": "herald-redis",
+                "existingSecretKey": "url",
+            },
+            "config": {"broker": {"key_prefix": "prod", "command_timeout_ms": 800}},
+        }
+        docs = render(values)
+        deploy = one(docs, "Deployment")
+        self.assertEqual(deploy["spec"]["replicas"], 3)
+        self.assertEqual(
+            deploy["spec"]["strategy"],
+            {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        )
+        env = {e["name"]: e for e in container(docs)["env"]}
+        self.assertEqual(
+            env["HERALD_BROKER__URL"]["valueFrom"]["secretKeyRef"],
+            {"name": "herald-redis", "key": "url"},
+        )
+        cfg = tomllib.loads(rendered_toml(docs))
+        self.assertEqual(
+            cfg["broker"], {"kind": "redis", "key_prefix": "prod", "command_timeout_ms": 800}
+        )
+        proc = check_config(rendered_toml(docs))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+
+    def test_redis_url_goes_to_a_secret_never_the_config_map(self) -> None:
+        url = "rediss://:hunter2-password@redis.example.com:6380/0"
+        docs = render({"replicaCount": 2, "broker": {"kind": "redis", "url": url}})
+        secret = [d for d in objects(docs) if d["metadata"]["name"] == "herald-broker"][0]
+        self.assertEqual(base64.b64decode(secret["data"]["redis-url"]).decode(), url)
+        env = {e["name"]: e for e in container(docs)["env"]}
+        self.assertEqual(
+            env["HERALD_BROKER__URL"]["valueFrom"]["secretKeyRef"],
+            {"name": "herald-broker", "key": "redis-url"},
+        )
+        self.assertNotIn("hunter2", rendered_toml(docs))
+        meta = one(docs, "Deployment")["spec"]["template"]["metadata"]
+        self.assertRegex(meta["annotations"]["checksum/broker"], r"^[0-9a-f]{64}$")
+        with self.assertRaisesRegex(helm.HelmError, "does not belong in a ConfigMap"):
+            render({"broker": {"kind": "redis", "url": url}, "config": {"broker": {"url": url}}})
+        with self.assertRaisesRegex(helm.HelmError, "set broker.kind, not config.broker.kind"):
+            render({"config": {"broker": {"kind": "redis"}}})
+        with self.assertRaisesRegex(helm.HelmError, "needs the Redis URL"):
+            render({"broker": {"kind": "redis"}})
+
+    def test_pod_disruption_budget_never_blocks_drains(self) -> None:
+        pdb = one(render({"podDisruptionBudget": {"enabled": True}}), "PodDisruptionBudget")
+        self.assertEqual(pdb["spec"]["maxUnavailable"], 1)
+        with self.assertRaisesRegex(helm.HelmError, "node drains hang"):
+            render({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}})
+        redis = {"replicaCount": 3, "broker": {"kind": "redis", "existingSecret": "r"}}
+        pdb = one(
+            render({**redis, "podDisruptionBudget": {"enabled": True, "minAvailable": 2}}),
+            "PodDisruptionBudget",
+        )
+        self.assertEqual(pdb["spec"]["minAvailable"], 2)
+        with self.assertRaisesRegex(helm.HelmError, "node drains hang"):
+            render({**redis, "podDisruptionBudget": {"enabled": True, "minAvailable": 3}})
+
+    # Metrics, Ingress, HTTPRoute, trusted proxies.
+
+    def test_metrics_are_never_on_the_ingress_path(self) -> None:
+        for name, path in (("full", None), *((p.name, p) for p in SCENARIOS)):
+            docs = self.full if path is None else render(scenario(path), bare=True)
+            service = one(docs, "Service")
+            http_port = [p for p in service["spec"]["ports"] if p["name"] == "http"][0]["port"]
+            metrics = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
+            with self.subTest(values=name):
+                self.assertEqual(len(metrics), 1, "/metrics has a port of its own")
+                self.assertNotEqual(metrics[0]["port"], http_port)
+                for ing in [d for d in objects(docs) if d["kind"] == "Ingress"]:
+                    for rule in ing["spec"]["rules"]:
+                        for p in rule["http"]["paths"]:
+                            self.assertEqual(p["backend"]["service"]["port"], {"number": http_port})
+                for route in [d for d in objects(docs) if d["kind"] == "HTTPRoute"]:
+                    for rule in route["spec"]["rules"]:
+                        for ref in rule["backendRefs"]:
+                            self.assertEqual(ref["port"], http_port)
+                cfg = tomllib.loads(rendered_toml(docs))
+                self.assertTrue(cfg["telemetry"]["admin_listen"])
+                sm = [d for d in objects(docs) if d["kind"] == "ServiceMonitor"]
+                for monitor in sm:
+                    self.assertEqual(monitor["spec"]["endpoints"][0]["port"], "metrics")
+        # /metrics back on the main port while something routes it: refused.
+        for route in (
+            {"ingress": {"enabled": True}},
+            {"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}},
+        ):
+            with self.assertRaisesRegex(helm.HelmError, "off the public path"):
+                render(
+                    {
+                        **route,
+                        "trustedProxies": ["10.0.0.0/8"],
+                        "config": {"telemetry": {"admin_listen": None}},
+                    }
+                )
+        render(
+            {
+                "ingress": {"enabled": True},
+                "trustedProxies": ["10.0.0.0/8"],
+                "config": {"telemetry": {"admin_listen": None, "metrics_enabled": False}},
+            }
+        )
+
+    def test_real_herald_serves_no_metrics_on_the_routed_port(self) -> None:
+        """The ingress scenario's config, served: /metrics 404 where the Ingress points."""
+        docs = render(scenario(CHART / "ci" / "ingress-monitoring-values.yaml"), bare=True)
+        with Herald(rendered_toml(docs)) as herald:
+            status, body = herald.get(herald.port, "/metrics")
+            self.assertEqual(status, 404, body)
+            status, body = herald.get(herald.admin_port, "/metrics")
+            self.assertEqual(status, 200)
+            self.assertIn("herald_build_info", body)
+            self.assertEqual(herald.get(herald.port, "/readyz")[0], 200, "probes use the main port")
+
+    def test_trusted_proxies_are_required_with_a_route(self) -> None:
+        for route in (
+            {"ingress": {"enabled": True}},
+            {"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}},
+        ):
+            with self.subTest(route=route):
+                with self.assertRaisesRegex(helm.HelmError, "trustedProxies") as caught:
+                    render(route)
+                self.assertIn("max_streams_per_ip", str(caught.exception))
+                docs = render({**route, "trustedProxies": ["10.0.0.0/8", "fd00::/8"]})
+                cfg = tomllib.loads(rendered_toml(docs))
+                self.assertEqual(cfg["limits"]["trusted_proxies"], ["10.0.0.0/8", "fd00::/8"])
+        # Merged with (after) config.limits.trusted_proxies, without duplicates.
+        docs = render(
+            {
+                "trustedProxies": ["10.0.0.0/8", "192.168.0.0/16"],
+                "config": {"limits": {"trusted_proxies": ["192.168.0.0/16"]}},
+            }
+        )
+        self.assertEqual(
+            tomllib.loads(rendered_toml(docs))["limits"]["trusted_proxies"],
+            ["192.168.0.0/16", "10.0.0.0/8"],
+        )
+        with self.assertRaisesRegex(helm.HelmError, "parentRefs"):
+            render({"httpRoute": {"enabled": True}, "trustedProxies": ["10.0.0.0/8"]})
+
+    def test_http_route_structure(self) -> None:
+        route = one(self.full, "HTTPRoute")
+        self.assertEqual(route["apiVersion"], "gateway.networking.k8s.io/v1")
+        self.assertEqual(route["spec"]["parentRefs"], [{"name": "public", "namespace": "gateway"}])
+        self.assertEqual(route["spec"]["hostnames"], ["herald.example.com"])
+        (rule,) = route["spec"]["rules"]
+        self.assertEqual(rule["matches"], [{"path": {"type": "PathPrefix", "value": "/"}}])
+        self.assertEqual(rule["backendRefs"], [{"name": "herald", "port": 8000}])
+
+    def test_network_policy_admits_the_two_ports(self) -> None:
+        policy = one(self.full, "NetworkPolicy")
+        self.assertEqual(
+            policy["spec"]["podSelector"]["matchLabels"],
+            one(self.full, "Service")["spec"]["selector"],
+        )
+        self.assertEqual(policy["spec"]["policyTypes"], ["Ingress"])
+        http_rule, metrics_rule = policy["spec"]["ingress"]
+        self.assertEqual(http_rule["ports"], [{"port": "http", "protocol": "TCP"}])
+        self.assertEqual(metrics_rule["ports"], [{"port": "metrics", "protocol": "TCP"}])
+        test_pod = one(self.full, "Pod")["metadata"]["labels"]
+        peers = [p["podSelector"]["matchLabels"] for p in http_rule["from"] if "podSelector" in p]
+        self.assertEqual(len(peers), 1, "the helm test pod may reach the main port")
+        self.assertLessEqual(peers[0].items(), test_pod.items())
+        self.assertEqual(
+            metrics_rule["from"][0]["namespaceSelector"]["matchLabels"], {"name": "monitoring"}
+        )
+        # Empty peer lists admit any source on those ports.
+        policy = one(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+        self.assertTrue(all("from" not in r for r in policy["spec"]["ingress"]))
+
+    # Alerts.
+
+    def test_prometheus_rule_survives_name_override(self) -> None:
+        docs = render(
+            {
+                "nameOverride": "notifier",
+                "serviceMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+            }
+        )
+        service = one(docs, "Service")
+        sm = one(docs, "ServiceMonitor")
+        # job = the Service's value of the jobLabel label.
+        job = service["metadata"]["labels"][sm["spec"]["jobLabel"]]
+        self.assertEqual(job, "notifier")
+        selector = (
+            f'job="notifier", namespace="{NAMESPACE}", service="{service["metadata"]["name"]}"'
+        )
+        alerts = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        for r in alerts:
+            self.assertIn(selector, r["expr"], r["alert"])
+            self.assertNotIn("herald.*", r["expr"], r["alert"])
+        self.assertTrue(
+            any(r["expr"].startswith("absent(") for r in alerts), "an absent-target alert"
+        )
+        # Relative runbook links, or absolute under runbookBaseUrl.
+        base = "https://git.example.com/herald/blob/v0.1.0/"
+        docs = render({"prometheusRule": {"enabled": True, "runbookBaseUrl": base}})
+        for g in one(docs, "PrometheusRule")["spec"]["groups"]:
+            for r in g["rules"]:
+                self.assertRegex(
+                    r["annotations"]["runbook_url"],
+                    "^" + re.escape(base + "dashboards/RUNBOOK.md#") + r"[a-z0-9]+$",
+                )
+
+    # The helm test.
+
+    def helm_test_pod(self, docs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        pods = [d for d in objects(docs) if d["kind"] == "Pod"]
+        self.assertEqual(len(pods), 1)
+        return pods[0]
+
+    def test_helm_test_pod_renders(self) -> None:
+        pod = self.helm_test_pod(self.default)
+        self.assertEqual(pod["metadata"]["annotations"]["helm.sh/hook"], "test")
+        service_selector = one(self.default, "Service")["spec"]["selector"]
+        self.assertFalse(
+            service_selector.items() <= pod["metadata"]["labels"].items(),
+            "the Service must never route traffic to the test pod",
+        )
+        spec = pod["spec"]
+        self.assertEqual(spec["restartPolicy"], "Never")
+        self.assertIs(spec["automountServiceAccountToken"], False)
+        (c,) = spec["containers"]
+        self.assertEqual(c["image"], "docker.io/library/python:3.13-alpine")
+        self.assertEqual(c["command"][:2], ["python3", "-c"])
+        self.assertEqual(c["command"][2], (CHART / "files" / "helm-test.py").read_text())
+        self.assertIs(c["securityContext"]["readOnlyRootFilesystem"], True)
+        env = {e["name"]: e for e in c["env"]}
+        self.assertEqual(env["HERALD_URL"]["value"], f"http://herald.{NAMESPACE}.svc:8000")
+        self.assertEqual(env["HERALD_TEST_AUTH"]["value"], "true")
+        self.assertEqual(env["HERALD_TEST_ALGORITHM"]["value"], "HS256")
+        self.assertEqual(
+            env["HERALD_JWT_SECRET"]["valueFrom"]["secretKeyRef"],
+            {"name": "herald", "key": "jwt-secret"},
+        )
+        # Auth off: no secret. RS256 only: a token Secret is needed.
+        pod = self.helm_test_pod(
+            render({"config": {"auth": {"enabled": False, "production": False}}})
+        )
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        self.assertEqual(env["HERALD_TEST_AUTH"]["value"], "false")
+        self.assertNotIn("HERALD_JWT_SECRET", env)
+        rs = {
+            "config": {
+                "auth": {"algorithms": ["RS256"], "jwks_url": "https://idp.example.com/jwks"}
+            }
+        }
+        with self.assertRaisesRegex(helm.HelmError, "tests.tokenSecret"):
+            render(rs)
+        pod = self.helm_test_pod(render({**rs, "tests": {"tokenSecret": "herald-test-token"}}))
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        self.assertEqual(
+            env["HERALD_TEST_TOKEN"]["valueFrom"]["secretKeyRef"],
+            {"name": "herald-test-token", "key": "token"},
+        )
+        self.assertNotIn("Pod", kinds(render({"tests": {"enabled": False}})))
+
+    def run_helm_test(
+        self, pod: dict[str, Any], port: int, **override: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the test pod's command with its env, the Service URL pointed at `port`."""
+        (c,) = pod["spec"]["containers"]
+        env = {"PATH": os.environ.get("PATH", "")}
+        for e in c["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+        env["HERALD_URL"] = f"http://127.0.0.1:{port}"
+        env.update(override)
+        return subprocess.run(
+            [sys.executable, *c["command"][1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def test_helm_test_script_passes_against_a_real_herald(self) -> None:
+        """The exact script and env of the test pod, against herald serving the rendered config."""
+        secret = HERALD_ENV["HERALD_JWT_SECRET"]
+        pod = self.helm_test_pod(self.default)
+        with Herald(rendered_toml(self.default)) as herald:
+            proc = self.run_helm_test(pod, herald.port, HERALD_JWT_SECRET=secret)
+            log = herald.log()
+            self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr + log)
+            self.assertIn("published and received", proc.stdout)
+            # It has teeth: a wrong secret fails it, and so does a Herald that
+            # never answers ready.
+            proc = self.run_helm_test(pod, herald.port, HERALD_JWT_SECRET="w" * 48)
+            self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+            self.assertIn("401", proc.stdout)
+        proc = self.run_helm_test(
+            pod, free_port(), HERALD_JWT_SECRET=secret, HERALD_TEST_TIMEOUT_SECS="3"
+        )
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("/readyz never answered 200", proc.stdout)
+        # With audience and issuer configured, the minted token carries them.
+        values = {"config": {"auth": {"audience": "notify", "issuer": "https://idp.example.com"}}}
+        docs = render(values)
+        with Herald(rendered_toml(docs)) as herald:
+            proc = self.run_helm_test(
+                self.helm_test_pod(docs), herald.port, HERALD_JWT_SECRET=secret
+            )
+            self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
+    # NOTES.
+
+    def test_notes_token_command_works(self) -> None:
+        text = notes()
+        match = re.search(
+            r"kubectl -n notify exec deploy/herald -- \\\n\s+(herald token [^)]*)\)", text
+        )
+        self.assertIsNotNone(match, text)
+        args = re.findall(r"'[^']*'|\S+", match.group(1))
+        args = [a.strip("'") for a in args]
+        self.assertEqual(args[:4], ["herald", "token", "--config", "/etc/herald/herald.toml"])
+        with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+            f.write(rendered_toml(self.default))
+            f.flush()
+            proc = subprocess.run(
+                [str(binary()), "token", "--config", f.name, *args[4:]],
+                env=herald_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        header, claims, _ = proc.stdout.strip().split(".")
+        claims = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+        self.assertEqual(claims["sub"], "alice")
+        self.assertEqual(claims["herald"]["subscribe"], ["news/*"])
+        self.assertIn("helm test herald -n notify --logs", text)
+        self.assertIn("Recreate", text)
+        self.assertIn(
+            "Broker: Redis",
+            notes({"replicaCount": 2, "broker": {"kind": "redis", "existingSecret": "r"}}),
+        )
 
     # Documentation.
 

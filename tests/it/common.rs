@@ -144,7 +144,8 @@ pub struct Sse {
 }
 
 impl Sse {
-    fn new(res: reqwest::Response) -> Self {
+    /// Reads a streaming response as SSE.
+    pub fn new(res: reqwest::Response) -> Self {
         use eventsource_stream::Eventsource;
         let stream = res
             .bytes_stream()

@@ -835,3 +835,55 @@ async fn coalescing_window_batches_bursts_without_loss_or_reorder() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_publish_on_the_memory_broker() {
+    let server = TestServer::start().await;
+    let mut sse = server.subscribe("channel=idem", None).await;
+    let send = |key: &str, body: Value, batch: bool| {
+        let path = if batch {
+            "/channels/idem/events/batch"
+        } else {
+            "/channels/idem/events"
+        };
+        server
+            .http
+            .post(server.url(path))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("k-1", json!({ "data": "once" }), false).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"].clone();
+    let retry = send("k-1", json!({ "data": "once" }), false).await.unwrap();
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.json::<Value>().await.unwrap()["id"], id);
+    // The same key with another body is refused, and publishes nothing.
+    let clash = send("k-1", json!({ "data": "twice" }), false)
+        .await
+        .unwrap();
+    assert_eq!(clash.status(), 422);
+    let v: Value = clash.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "idempotency_key_reused");
+    // Batches replay all their ids.
+    let batch = json!({ "events": [{ "data": 1 }, { "data": 2 }] });
+    let b1 = send("k-2", batch.clone(), true).await.unwrap();
+    let ids = b1.json::<Value>().await.unwrap()["ids"].clone();
+    let b2 = send("k-2", batch, true).await.unwrap();
+    assert_eq!(b2.json::<Value>().await.unwrap()["ids"], ids);
+    // A bad key is a clear 400.
+    let bad = send("has space", json!({ "data": "x" }), false)
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let v: Value = bad.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_idempotency_key");
+    // Subscribers saw each event once.
+    let got = sse.take(3).await;
+    assert_eq!(got[0].id, id.as_str().unwrap());
+    assert_eq!(got[1].id, ids[0].as_str().unwrap());
+    assert_eq!(got[2].id, ids[1].as_str().unwrap());
+    sse.assert_quiet(Duration::from_millis(100)).await;
+    server.stop().await;
+}

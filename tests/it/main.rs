@@ -8,6 +8,8 @@ mod bounds;
 mod core;
 mod edge;
 mod jwks;
+mod openapi;
 mod otlp;
 mod prometheus;
+mod redis;
 mod request_id;
