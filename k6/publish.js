@@ -11,7 +11,7 @@
 //   RATE           publishes per second (default 200)
 //   DURATION       run time, e.g. 30s, 5m (default 30s, at most 1h)
 //   CHANNELS       channels, round-robin (default 10)
-//   CHANNEL_PREFIX channel name prefix (default k6); match it in `herald bench`
+//   CHANNEL_PREFIX channel name prefix (default k6); match it in `herald-bench`
 //   PAYLOAD_BYTES  padding per event (default 100)
 //   HERALD_TOKEN   bearer token with publish rights (not needed with the development config)
 //   SUMMARY_JSON   where handleSummary writes the JSON summary

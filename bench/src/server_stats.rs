@@ -1,6 +1,6 @@
 //! Reading the server's resident memory and CPU time from `/proc`, for the
-//! RSS-per-connection and CPU-per-delivery figures (`--server-pid`), and the
-//! bench's own open-file limit.
+//! RSS-per-connection, CPU-per-delivery and CPU-per-publish figures
+//! (`--server-pid`), and the bench's own CPU use.
 
 /// One sample of a process's resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,22 +77,6 @@ fn parse_machine_busy(stat: &str) -> Option<u64> {
     Some(field(0) + field(1) + field(2) + field(7))
 }
 
-/// This process's open-file limits `(soft, hard)`, from `/proc/self/limits`.
-pub fn open_file_limits() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_file_limits(&limits)
-}
-
-fn parse_open_file_limits(limits: &str) -> Option<(u64, u64)> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut nums = line["Max open files".len()..].split_whitespace();
-    let parse = |s: Option<&str>| match s? {
-        "unlimited" => Some(u64::MAX),
-        v => v.parse().ok(),
-    };
-    Some((parse(nums.next())?, parse(nums.next())?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,8 +88,6 @@ mod tests {
         let stat =
             "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1 2 3";
         assert_eq!(parse_cpu_ticks(stat), Some(325));
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax open files            1024                 20000                files     \n";
-        assert_eq!(parse_open_file_limits(limits), Some((1024, 20000)));
         let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
         assert_eq!(parse_machine_busy(stat), Some(158));
     }
@@ -114,6 +96,5 @@ mod tests {
     fn samples_this_process() {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0);
-        assert!(open_file_limits().is_some());
     }
 }

@@ -1,44 +1,31 @@
-//! `herald bench`: the load generator users run to size a deployment.
+//! The subscriber runs (`herald-bench [OPTIONS]`): fan-out, reconnect and
+//! storm modes.
 //!
 //! It opens N real SSE subscribers (spread over 127.0.0.x source addresses
 //! and, past one process's fd limit, over child processes), publishes at a
 //! paced rate with a send timestamp in every payload, and reports connections
 //! held, deliveries/s, publish-to-receive latency, loss, duplicates, order,
 //! resets and, given `--server-pid`, the server's RSS per connection and CPU
-//! per delivery. Loopback only.
-//!
-//! - [`sse`]: chunked-body and SSE decoding, the payload format.
-//! - [`accounting`]: loss / duplicate / order bookkeeping.
-//! - [`target`]: the loopback-only URL and socket set-up.
-//! - [`subscriber`]: subscriber tasks and the worker that runs a share of them.
-//! - [`worker`]: running workers in-process or as child processes.
-//! - [`publisher`]: the paced publisher.
-//! - [`server_stats`]: `/proc` sampling of the server.
-//! - [`report`]: merging results and printing them.
-
-pub mod accounting;
-pub mod publisher;
-pub mod report;
-pub mod server_stats;
-pub mod sse;
-pub mod subscriber;
-pub mod target;
-pub mod worker;
+//! per delivery. Loopback only. This module is the controller; the pieces are
+//! [`crate::subscriber`], [`crate::worker`], [`crate::publisher`] and
+//! [`crate::report`].
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::accounting::Expected;
-use self::publisher::{PublishPlan, PublishResult, publish};
-use self::report::{Report, ServerFigures};
-use self::subscriber::{Command, Mode, SubSpec, WorkerMsg, WorkerPlan, WorkerReport, unix_ns};
-use self::target::{Target, source_ip};
+use crate::accounting::Expected;
+use crate::protocol::{Command, WorkerMsg, WorkerReport, unix_ns};
+use crate::publisher::{PublishPlan, PublishResult, publish};
+use crate::report::{Report, ServerFigures};
+use crate::subscriber::{Mode, SubSpec, WorkerPlan};
+use crate::target::{Target, source_ip};
+use crate::{server_stats, worker};
 
-/// Command-line options of `herald bench`.
+/// Command-line options of the subscriber runs.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub struct FanoutArgs {
     /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8, localhost, `[::1]`).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
@@ -126,20 +113,43 @@ pub struct BenchArgs {
     pub run_id: Option<String>,
 }
 
-/// Runs the benchmark and prints its report.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark and prints its report (or, with `--worker-id`, runs
+/// as one of the controller's subscriber workers).
+pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let target = Target::parse(&args.url)?;
-    if tokio::runtime::Handle::try_current().is_ok() {
-        // Called from inside a runtime: the bench needs its own, on its own thread.
-        return std::thread::spawn(move || run_blocking(args, target))
-            .join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(t) = args.threads {
+        builder.worker_threads(t.max(1));
     }
-    run_blocking(args, target)
+    let rt = builder.build()?;
+    let result = match args.worker_id {
+        Some(id) => {
+            let count = args.worker_count.unwrap_or(1).max(1);
+            let run_id = args
+                .run_id
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--worker-id needs --run-id"))?;
+            let plan = worker_plan(
+                &args,
+                target,
+                &run_id,
+                id,
+                count,
+                hard_limit(&args) + Duration::from_secs(10),
+            );
+            rt.block_on(worker::serve_as_child(plan));
+            Ok(())
+        }
+        None => rt.block_on(control(args, target)),
+    };
+    // The stdin reader of a child worker sits in a blocking read: do not wait for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-fn validate(a: &BenchArgs) -> anyhow::Result<()> {
+fn validate(a: &FanoutArgs) -> anyhow::Result<()> {
     let secs = |name: &str, v: f64, min: f64| -> anyhow::Result<()> {
         if !v.is_finite() || v < min || v > 86_400.0 {
             anyhow::bail!("--{name} must be between {min} and 86400 seconds (got {v})");
@@ -190,40 +200,8 @@ fn validate(a: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_blocking(args: BenchArgs, target: Target) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(t) = args.threads {
-        builder.worker_threads(t.max(1));
-    }
-    let rt = builder.build()?;
-    let result = match args.worker_id {
-        Some(id) => {
-            let count = args.worker_count.unwrap_or(1).max(1);
-            let run_id = args
-                .run_id
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--worker-id needs --run-id"))?;
-            let plan = worker_plan(
-                &args,
-                target,
-                &run_id,
-                id,
-                count,
-                hard_limit(&args) + Duration::from_secs(10),
-            );
-            rt.block_on(worker::serve_as_child(plan));
-            Ok(())
-        }
-        None => rt.block_on(control(args, target)),
-    };
-    // The stdin reader of a child worker sits in a blocking read: do not wait for it.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    result
-}
-
 /// The longest the whole run may take, from start to report.
-fn hard_limit(a: &BenchArgs) -> Duration {
+fn hard_limit(a: &FanoutArgs) -> Duration {
     Duration::from_secs_f64(a.connect_timeout + a.warmup + a.duration + a.drain + 45.0)
 }
 
@@ -240,7 +218,7 @@ fn channel_names(run_id: &str, count: usize) -> Vec<String> {
 }
 
 fn worker_plan(
-    a: &BenchArgs,
+    a: &FanoutArgs,
     target: Target,
     run_id: &str,
     id: usize,
@@ -277,8 +255,9 @@ struct Layout {
     in_process: bool,
 }
 
-fn layout(a: &BenchArgs) -> anyhow::Result<Layout> {
-    let (soft, hard) = server_stats::open_file_limits().unwrap_or((1024, 1024));
+fn layout(a: &FanoutArgs) -> anyhow::Result<Layout> {
+    // main() has already raised the soft limit as far as the hard one allows.
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
     // Room for the runtime, stdio and the publisher's connections.
     let reserve = 64 + a.publishers as u64;
     let per_process_cap = (a.per_process as u64)
@@ -305,7 +284,7 @@ fn layout(a: &BenchArgs) -> anyhow::Result<Layout> {
 }
 
 /// The controller: starts the workers, publishes, and reports.
-async fn control(args: BenchArgs, target: Target) -> anyhow::Result<()> {
+async fn control(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let started = Instant::now();
     let hard_deadline = started + hard_limit(&args);
     let run_id = format!("{:08x}", fastrand::u32(..));

@@ -1,7 +1,7 @@
 //! Loss, duplicate and order accounting.
 //!
 //! Every event the bench publishes carries its channel-local index in the
-//! payload (see [`super::sse::Payload`]). The publisher keeps, per channel, a
+//! payload (see [`crate::sse::Payload`]). The publisher keeps, per channel, a
 //! bitmap of the indices the server accepted (202); each subscriber keeps a
 //! bitmap of the indices it received (one bit per event of its channel, so
 //! 100 events/s for a minute is 750 bytes), plus the last seq seen for the
@@ -50,11 +50,6 @@ impl IndexSet {
     /// Number of indices in the set.
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Number of indices below `end`.
@@ -195,7 +190,7 @@ mod tests {
     #[test]
     fn index_set_basics() {
         let mut s = IndexSet::default();
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
         assert!(s.insert(0));
         assert!(s.insert(63));
         assert!(s.insert(64));

@@ -68,7 +68,7 @@ impl Target {
         };
         if !loopback {
             anyhow::bail!(
-                "--url host {ip} is not loopback: herald bench only targets 127.0.0.0/8, localhost or ::1"
+                "--url host {ip} is not loopback: herald-bench only targets 127.0.0.0/8, localhost or ::1"
             );
         }
         let path = path.split(['?', '#']).next().unwrap_or("");

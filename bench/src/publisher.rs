@@ -12,14 +12,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::accounting::IndexSet;
-use super::sse::{ChunkDecoder, Payload, parse_head};
-use super::subscriber::{new_histogram, unix_ns};
-use super::target::Target;
+use crate::accounting::IndexSet;
+use crate::protocol::{new_histogram, unix_ns};
+use crate::sse::Payload;
+use crate::target::Target;
 
 /// What to publish, and when.
 #[derive(Debug, Clone)]
@@ -207,7 +206,7 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
         let t0 = Instant::now();
         let outcome = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            send(&plan.target, &mut conn, &req, &mut rbuf),
+            crate::client::send(&plan.target, &mut conn, &req, &mut rbuf),
         )
         .await;
         match outcome {
@@ -242,80 +241,4 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
         r += k as u64;
     }
     res
-}
-
-/// Sends one request on the keep-alive connection (opening it if needed) and
-/// reads the whole response; returns the status and whether to close.
-async fn send(
-    target: &Target,
-    conn: &mut Option<TcpStream>,
-    req: &[u8],
-    buf: &mut [u8],
-) -> Result<(u16, bool), String> {
-    if conn.is_none() {
-        *conn = Some(
-            target
-                .connect(None)
-                .await
-                .map_err(|e| format!("publish connect: {e}"))?,
-        );
-    }
-    let stream = conn.as_mut().ok_or("no connection")?;
-    stream
-        .write_all(req)
-        .await
-        .map_err(|e| format!("publish write: {e}"))?;
-    let mut filled = 0;
-    let (head, head_len) = loop {
-        if filled == buf.len() {
-            return Err("publish response head too large".into());
-        }
-        let n = stream
-            .read(&mut buf[filled..])
-            .await
-            .map_err(|e| format!("publish read: {e}"))?;
-        if n == 0 {
-            return Err("server closed the publish connection".into());
-        }
-        filled += n;
-        if let Some(h) = parse_head(&buf[..filled]).map_err(String::from)? {
-            break h;
-        }
-    };
-    // Read the body to its end so the connection can carry the next request.
-    if head.chunked {
-        let mut dec = ChunkDecoder::default();
-        let mut done = dec
-            .feed(&buf[head_len..filled], &mut |_| {})
-            .map_err(|e| e.to_string())?;
-        while !done {
-            let n = stream
-                .read(buf)
-                .await
-                .map_err(|e| format!("publish read: {e}"))?;
-            if n == 0 {
-                return Err("server closed mid-response".into());
-            }
-            done = dec
-                .feed(&buf[..n], &mut |_| {})
-                .map_err(|e| e.to_string())?;
-        }
-        Ok((head.status, head.close))
-    } else if let Some(len) = head.content_length {
-        let mut have = (filled - head_len) as u64;
-        while have < len {
-            let n = stream
-                .read(buf)
-                .await
-                .map_err(|e| format!("publish read: {e}"))?;
-            if n == 0 {
-                return Err("server closed mid-response".into());
-            }
-            have += n as u64;
-        }
-        Ok((head.status, head.close))
-    } else {
-        // No framing: the body runs to the end of the connection.
-        Ok((head.status, true))
-    }
 }

@@ -1,10 +1,9 @@
 //! Running subscriber workers: in-process as a task, or as child processes
 //! when one process cannot hold every connection under its open-file limit.
 //!
-//! A child is the same binary re-executed as `herald bench <same args>
-//! --worker-id I --worker-count P --run-id R`, started through
-//! `sh -c 'ulimit -n <hard>; exec ...'` so that its soft fd limit is raised
-//! to the hard limit without `setrlimit` (the crate forbids `unsafe`).
+//! A child is the same binary re-executed as `herald-bench <same args>
+//! --worker-id I --worker-count P --run-id R`; like the controller, it raises
+//! its soft fd limit to the hard limit as it starts (see `main`).
 //! The controller writes [`Command`]s to its stdin and reads [`WorkerMsg`]s
 //! from its stdout, one JSON object per line; its stderr is the bench's.
 
@@ -16,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command as ProcessCommand};
 use tokio::sync::mpsc;
 
-use super::subscriber::{Command, WorkerMsg, WorkerPlan, run_worker};
+use crate::protocol::{Command, WorkerMsg};
+use crate::subscriber::{WorkerPlan, run_worker};
 
 /// The controller's handle on one worker, wherever it runs.
 pub struct WorkerHandle {
@@ -77,10 +77,7 @@ pub fn spawn_process(
         ]
         .map(OsString::from),
     );
-    let mut child = ProcessCommand::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@""#)
-        .arg(exe)
+    let mut child = ProcessCommand::new(exe)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
