@@ -62,9 +62,14 @@ impl PendingEvent {
     /// Encodes everything but the `id:` line; the `NewEvent` is consumed.
     pub(crate) fn encode(event: NewEvent) -> Self {
         let type_len = event.event_type.as_ref().map_or(0, |t| t.len() + 8);
-        let mut buf = BytesMut::with_capacity(ID_SLOT + type_len + event.data.len() + 16);
+        // Sized exactly: the frame keeps its allocation for life, so slack
+        // (or a reallocation's leftovers) would be retained memory that the
+        // budget does not see.
+        let size = ID_SLOT + type_len + data_lines_len(&event.data) + 1;
+        let mut buf = BytesMut::with_capacity(size);
         buf.put_bytes(0, ID_SLOT);
         put_fields(&mut buf, None, event.event_type.as_deref(), &event.data);
+        debug_assert_eq!(buf.len(), size, "frame size estimate");
         let raw_data = event
             .data
             .contains('\r')
@@ -105,6 +110,34 @@ impl PendingEvent {
             trace,
         }
     }
+}
+
+/// Bytes of `data`'s `data:` lines: each line gets `data: ` and `\n`; CR,
+/// LF and CRLF each end one line (see `frame::put_data_lines`).
+fn data_lines_len(data: &str) -> usize {
+    let bytes = data.as_bytes();
+    let mut breaks = 0;
+    let mut separators = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                breaks += 1;
+                separators += 1;
+            }
+            b'\r' => {
+                breaks += 1;
+                separators += 1;
+                if bytes.get(i + 1) == Some(&b'\n') {
+                    separators += 1;
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    data.len() - separators + 7 * (breaks + 1)
 }
 
 impl Event {

@@ -69,6 +69,7 @@ async fn history_memory_stays_within_the_budget() {
     }
     let rss_after = rss_kib(pid);
     let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!("history_memory_stays_within_the_budget: RSS grew {growth_mib} MiB");
     // Unbounded, this would be ~1.8 GiB of frames.
     assert!(
         growth_mib <= BUDGET_MIB + OVERHEAD_MIB,
