@@ -65,7 +65,7 @@ impl Default for LimitsConfig {
             max_streams_per_subject: 100_000,
             max_connections: 50_000,
             stream_retry_after_secs: 5,
-            max_pending_per_ip: 128,
+            max_pending_per_ip: 1024,
             trusted_proxies: Vec::new(),
         }
     }
