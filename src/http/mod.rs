@@ -24,17 +24,17 @@ mod stream_conn;
 pub mod subscribe;
 mod watchdog;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::broker::Broker;
@@ -62,8 +62,50 @@ pub struct AppState {
     pub edge: edge::Edge,
     /// Metric handles used on the fan-out path, resolved once.
     pub sse_metrics: SseMetrics,
+    /// HTTP metric handles, resolved once per route, method and status.
+    pub http_metrics: HttpMetrics,
     /// Channels that may appear as a metric label (operator allowlist).
     pub channel_labels: std::collections::HashSet<String>,
+}
+
+/// HTTP metric handles by route, method and status, resolved once each:
+/// building label sets and looking them up in the registry per request cost
+/// allocations on the publish path.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    by_route: std::sync::RwLock<HashMap<Box<str>, ByMethodStatus>>,
+}
+
+/// A route's handles by method and status.
+type ByMethodStatus = HashMap<(&'static str, u16), HttpHandles>;
+
+/// One route, method and status's metric handles.
+type HttpHandles = (metrics::Counter, metrics::Histogram);
+
+impl HttpMetrics {
+    /// The handles for a route template, method and status.
+    fn handles(&self, route: &str, method: &'static str, status: u16) -> HttpHandles {
+        if let Some(h) = self
+            .by_route
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .and_then(|m| m.get(&(method, status)))
+        {
+            return h.clone();
+        }
+        let handles = (
+            metrics::counter!(m::HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
+            metrics::histogram!(m::HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method),
+        );
+        self.by_route
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(route.into())
+            .or_default()
+            .insert((method, status), handles.clone());
+        handles
+    }
 }
 
 /// Metric handles for the per-batch path (no registry lookup per write).
@@ -103,6 +145,7 @@ impl AppState {
             drain: Drain::default(),
             metrics,
             sse_metrics: SseMetrics::new(),
+            http_metrics: HttpMetrics::default(),
         }
     }
 
@@ -148,17 +191,10 @@ pub fn router(state: Arc<AppState>, cors: &CorsConfig, serve_metrics: bool) -> R
     if let Some(cors) = cors::layer(cors) {
         app = app.layer(cors);
     }
-    // The last layer added runs first: the incoming id is bounded, then
-    // set, then echoed, all before the span that records it.
-    app.layer(middleware::from_fn(observe_request))
-        .layer(PropagateRequestIdLayer::new(
-            request_id::X_REQUEST_ID.clone(),
-        ))
-        .layer(SetRequestIdLayer::new(
-            request_id::X_REQUEST_ID.clone(),
-            request_id::NextId,
-        ))
-        .layer(middleware::map_request(request_id::bound_incoming))
+    app.layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        observe_request,
+    ))
 }
 
 /// The admin router (`/metrics`, `/healthz`, `/readyz`) for a separate listener.
@@ -179,34 +215,35 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Request span, HTTP metrics and rejection mapping. The span names the
-/// route template, never the raw URI, so query tokens stay out of traces.
-async fn observe_request(req: Request, next: Next) -> Response {
+/// Request id, span, HTTP metrics and rejection mapping. The span names
+/// the route template, never the raw URI, so query tokens stay out of
+/// traces; it is a DEBUG span, so it costs nothing unless traces are
+/// exported or debug logs are on.
+async fn observe_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = req.method().clone();
-    let span = tracing::info_span!(
+    let id = request_id::of(&req);
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = method_label(req.method());
+    let span = tracing::debug_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
-        http.method = %method,
-        http.route = %route,
+        http.method = method,
+        http.route = route,
         http.status = tracing::field::Empty,
-        request_id = %request_id::of(&req),
+        request_id = ?id,
     );
-    crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
+    if !span.is_disabled() {
+        crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
+    }
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    let response = json_rejection(response).await;
+    let mut response = json_rejection(response).await;
     let status = response.status().as_u16();
     span.record("http.status", status);
-    let method = method_label(&method);
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(m::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    let (count, duration) = state.http_metrics.handles(route, method, status);
+    count.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
+    response.headers_mut().insert(&request_id::X_REQUEST_ID, id);
     response
 }
 
