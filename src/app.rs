@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerSetupError};
 use crate::config::Config;
-use crate::http::connection::ConnSettings;
+use crate::http::connection::{ConnSettings, Handlers};
 use crate::http::edge::{Edge, EdgeError};
 use crate::http::listener::{BindError, accept_until, bind};
 use crate::http::{AppState, admin_router, router};
@@ -58,14 +58,16 @@ pub async fn run(
     )?;
     let hub = broker.hub().clone();
     let edge = Edge::new(&config.auth, &config.limits)?;
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         broker.clone(),
         edge,
         config.http.clone(),
         config.sse.clone(),
         &telemetry.channel_label_allowlist,
         metrics.clone(),
-    ));
+    );
+    state.cors_headers = crate::http::cors::headers_without_origin(&config.cors);
+    let state = Arc::new(state);
     let admin = telemetry.admin_listen.filter(|_| telemetry.metrics_enabled);
     let app = router(
         Arc::clone(&state),
@@ -111,7 +113,11 @@ pub async fn run(
         write_timeout: config.sse.write_timeout(),
     };
     let pending = state.edge.pending_connections();
-    accept_until(listener, app, settings, pending, &tracker, &shutdown).await;
+    let handlers = Handlers {
+        app,
+        state: Arc::clone(&state),
+    };
+    accept_until(listener, handlers, settings, pending, &tracker, &shutdown).await;
 
     // Refuse new work, let admitted publishes finish, then let every stream
     // write out everything up to the final head before it ends.

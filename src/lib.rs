@@ -19,6 +19,9 @@
 //! - [`telemetry`]: metric names, the Prometheus recorder, logs and traces.
 //! - [`shutdown`]: the drain signal shared by the listener and every stream.
 
+// The connection futures (hyper, axum, the lean paths) nest deeply.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod auth;
 pub mod broker;

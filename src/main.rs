@@ -1,6 +1,9 @@
 //! The `herald` binary: parse the CLI, load and check config, start
 //! telemetry, run the server, map the outcome to an exit code.
 
+// The connection futures (hyper, axum, the lean paths) nest deeply.
+#![recursion_limit = "256"]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -48,6 +48,7 @@ use super::jwks::JwksCache;
 use super::keys::{self, FamilyKeys};
 use super::pattern::matches_any;
 use super::source::TokenSources;
+use super::verified::VerifiedTokens;
 
 /// One algorithm family's static keys, and the rules its tokens' claims are
 /// checked with.
@@ -55,6 +56,15 @@ use super::source::TokenSources;
 struct Family {
     keys: FamilyKeys,
     validation: Validation,
+}
+
+/// Which kind of key verified a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// The HMAC secret or a PEM key: fixed for the life of the process.
+    Static,
+    /// A JWKS key: the set may drop it.
+    Jwks,
 }
 
 /// Verifies tokens and checks per-channel rights. Built once at start from
@@ -68,6 +78,9 @@ pub struct Authenticator {
     sources: TokenSources,
     anonymous_subscribe: Vec<String>,
     anonymous_publish: Vec<String>,
+    /// Tokens verified with a static key, reused for a short while.
+    verified: Arc<VerifiedTokens>,
+    leeway: std::time::Duration,
 }
 
 impl Authenticator {
@@ -95,6 +108,8 @@ impl Authenticator {
             sources: TokenSources::new(cfg),
             anonymous_subscribe: cfg.anonymous_subscribe.clone(),
             anonymous_publish: cfg.anonymous_publish.clone(),
+            verified: Arc::default(),
+            leeway: std::time::Duration::from_secs(cfg.leeway_secs),
         })
     }
 
@@ -124,18 +139,38 @@ impl Authenticator {
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
-    ) -> Result<Option<Claims>, AuthError> {
+    ) -> Result<Option<Arc<Claims>>, AuthError> {
         let Some(token) = self.presented_token(headers, query_token)? else {
             return Ok(None);
         };
-        let mut verified = self.verify(token);
-        if verified == Err(AuthError::UnknownKey)
+        if let Some(claims) = self.verified.get(token) {
+            return Ok(Some(claims));
+        }
+        let mut verified = self.verify_keyed(token);
+        if matches!(verified, Err(AuthError::UnknownKey))
             && let Some(jwks) = &self.jwks
             && jwks.refresh_for_unknown_kid().await
         {
-            verified = self.verify(token);
+            verified = self.verify_keyed(token);
         }
-        verified.map(Some).inspect_err(AuthError::record)
+        match verified {
+            Ok((claims, key)) => {
+                let claims = Arc::new(claims);
+                if key == Key::Static {
+                    self.verified.remember(token, &claims, self.leeway);
+                }
+                Ok(Some(claims))
+            }
+            Err(e) => {
+                e.record();
+                Err(e)
+            }
+        }
+    }
+
+    /// Periodic upkeep: forgets remembered tokens that are no longer valid.
+    pub fn sweep(&self) {
+        self.verified.sweep();
     }
 
     /// The token to verify, or `None` when anonymous (or auth is disabled).
@@ -154,6 +189,11 @@ impl Authenticator {
 
     /// Verifies one token against the pinned algorithms and their keys.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_keyed(token).map(|(claims, _)| claims)
+    }
+
+    /// [`Authenticator::verify`], saying which kind of key verified it.
+    fn verify_keyed(&self, token: &str) -> Result<(Claims, Key), AuthError> {
         let header = header::read(token, &self.pinned)?;
         let family = self
             .families
@@ -167,15 +207,15 @@ impl Authenticator {
             if let Some(found) = keys.get(kid) {
                 // The named key, and only it: no falling back to other keys.
                 let key = found.for_alg(header.alg).ok_or(AuthError::BadSignature)?;
-                return decode(token, key, &family.validation);
+                return decode(token, key, &family.validation).map(|c| (c, Key::Jwks));
             }
             // Not in the set: a static PEM key may still have signed it.
             return match Self::verify_with(token, family) {
                 Err(AuthError::BadSignature) => Err(AuthError::UnknownKey),
-                other => other,
+                other => other.map(|c| (c, Key::Static)),
             };
         }
-        Self::verify_with(token, family)
+        Self::verify_with(token, family).map(|c| (c, Key::Static))
     }
 
     /// Tries each of the family's static keys in turn.
@@ -405,6 +445,31 @@ mod tests {
         assert_eq!(
             only_other.verify(&sign(Algorithm::RS256, &rsa, &valid_claims())),
             Err(AuthError::BadSignature)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_verified_with_a_static_key_is_not_verified_again() {
+        let auth = authenticator(&hs_config());
+        let token = hs(valid_claims());
+        let first = auth
+            .authenticate_with_refresh(&bearer(&token), None)
+            .await
+            .expect("valid")
+            .expect("claims");
+        assert_eq!(auth.verified.len(), 1);
+        let again = auth
+            .authenticate_with_refresh(&bearer(&token), None)
+            .await
+            .expect("valid")
+            .expect("claims");
+        assert!(Arc::ptr_eq(&first, &again), "the remembered verdict");
+        // A forged token never matches a remembered one.
+        let forged = format!("{token}x");
+        assert!(
+            auth.authenticate_with_refresh(&bearer(&forged), None)
+                .await
+                .is_err()
         );
     }
 

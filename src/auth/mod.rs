@@ -28,6 +28,7 @@
 //! - `source.rs`: where a token comes from: bearer header, cookie, query ([`query_token`]).
 //! - `jwks.rs`: [`JwksCache`], keys fetched from `auth.jwks_url`, cached and refreshed.
 //! - `authenticator.rs`: [`Authenticator`]: verification and rights checks.
+//! - `verified.rs`: tokens verified with a static key, reused for up to a minute.
 //! - `mint.rs`: [`mint`] and the `herald token` command ([`run_token_command`]).
 
 mod authenticator;
@@ -43,6 +44,7 @@ mod secret;
 mod source;
 #[cfg(test)]
 mod test_support;
+mod verified;
 
 pub use authenticator::Authenticator;
 pub use claims::{Claims, MAX_EXPIRES_IN, Rights};

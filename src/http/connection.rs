@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::AppState;
 use super::head::{self, FirstHead, Prefixed};
+use super::publish_conn::{self, Ended};
 use super::stream_conn;
 use super::watchdog::WatchdogIo;
 use crate::limits::PendingConnections;
@@ -104,6 +106,16 @@ pub struct ConnSettings {
     pub write_timeout: Duration,
 }
 
+/// What serves a connection's requests: the router (every route, every
+/// layer), and the state the lean paths call into directly.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    /// The application router.
+    pub app: Router,
+    /// The state behind it.
+    pub state: Arc<AppState>,
+}
+
 /// A connection just accepted, with the deadline for its first request head.
 #[derive(Debug)]
 pub struct Accepted {
@@ -125,10 +137,11 @@ pub struct Accepted {
 /// when the server starts draining, is closed.
 pub async fn serve_connection(
     accepted: Accepted,
-    app: Router,
+    handlers: Handlers,
     settings: ConnSettings,
     shutdown: CancellationToken,
 ) {
+    let Handlers { app, state } = handlers;
     let Accepted {
         stream,
         peer,
@@ -155,6 +168,32 @@ pub async fn serve_connection(
                 tracing::debug!(peer = %peer, error = %e, "stream connection ended with an error");
             }
             return;
+        }
+        FirstHead::Publish(head) => {
+            // Boxed, like hyper's branch: a task holds only the path it runs.
+            let served = Box::pin(publish_conn::serve(
+                stream,
+                head,
+                info.clone(),
+                state,
+                settings,
+                shutdown.clone(),
+            ))
+            .await;
+            match served {
+                Ok(Ended::Closed) => return,
+                Ok(Ended::HandOff(stream, prefix)) => {
+                    Box::pin(serve_http(
+                        stream, prefix, info, close, app, settings, shutdown,
+                    ))
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "publish connection ended with an error");
+                    return;
+                }
+            }
         }
         FirstHead::Other(prefix) => prefix,
     };

@@ -217,6 +217,29 @@ pub fn layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     )
 }
 
+/// The headers the CORS layer adds to a response for a request without
+/// `Origin` (its `Vary`), found by running the layer once: the lean publish
+/// path, which never serves `Origin`, adds exactly these.
+pub fn headers_without_origin(cfg: &CorsConfig) -> axum::http::HeaderMap {
+    use futures_util::FutureExt as _;
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(layer) = layer(cfg) else {
+        return axum::http::HeaderMap::new();
+    };
+    let inner = tower::service_fn(|_req: axum::http::Request<axum::body::Body>| async {
+        Ok::<_, std::convert::Infallible>(axum::http::Response::new(axum::body::Body::empty()))
+    });
+    let mut request = axum::http::Request::new(axum::body::Body::empty());
+    *request.method_mut() = axum::http::Method::POST;
+    layer
+        .layer(inner)
+        .oneshot(request)
+        .now_or_never()
+        .and_then(Result::ok)
+        .map(|r| r.headers().clone())
+        .unwrap_or_default()
+}
+
 fn header_names(list: &[String]) -> impl Iterator<Item = HeaderName> + '_ {
     list.iter()
         .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())

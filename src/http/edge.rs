@@ -96,14 +96,16 @@ impl Edge {
         self.auth.jwks().cloned()
     }
 
-    /// Periodic upkeep: evicts idle limiter keys so their memory stays bounded.
+    /// Periodic upkeep: evicts idle limiter keys and remembered tokens that
+    /// are no longer valid, so their memory stays bounded.
     pub fn housekeeping(&self) {
         self.limits.retain_recent();
+        self.auth.sweep();
     }
 
     /// Resolves the client IP and verifies any presented token (a token with
     /// an unknown JWKS `kid` may wait for one rate-limited key refresh).
-    async fn identify(
+    pub(crate) async fn identify(
         &self,
         conn: &ConnInfo,
         headers: &HeaderMap,
@@ -115,10 +117,7 @@ impl Edge {
             .auth
             .authenticate_with_refresh(headers, query_token.as_deref())
             .await?;
-        Ok(Identity {
-            ip,
-            claims: claims.map(Arc::new),
-        })
+        Ok(Identity { ip, claims })
     }
 
     /// Checks subscribe rights for every channel, then the stream limits.

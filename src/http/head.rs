@@ -52,6 +52,9 @@ pub(crate) enum FirstHead {
     /// `GET /events`: served by the lean stream path. Holds every byte
     /// read: the head, complete unless it hit [`READ_LIMIT`].
     Subscribe(Vec<u8>),
+    /// `POST /channels/...`: served by the lean publish path, which hands
+    /// the connection to hyper at the first request it does not serve.
+    Publish(Vec<u8>),
     /// Anything else: served by hyper, which is given these bytes first.
     Other(Bytes),
     /// Nothing more to do: the peer closed, the deadline passed, or the
@@ -252,13 +255,16 @@ fn classify(buf: Vec<u8>) -> FirstHead {
         .position(|b| *b == b'\n')
         .map_or(line, |end| &line[..end]);
     let mut parts = line.split(|b| *b == b' ');
-    let is_subscribe = parts.next() == Some(b"GET")
-        && parts
-            .next()
+    let method = parts.next();
+    let target = parts.next();
+    let is_subscribe = method == Some(b"GET")
+        && target
             .and_then(|target| Uri::try_from(target).ok())
             .is_some_and(|uri| uri.path() == "/events");
     if is_subscribe {
         FirstHead::Subscribe(buf)
+    } else if method == Some(b"POST") && target.is_some_and(|t| t.starts_with(b"/channels/")) {
+        FirstHead::Publish(buf)
     } else {
         FirstHead::Other(Bytes::from(buf))
     }

@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{Accepted, ConnSettings, serve_connection};
+use super::connection::{Accepted, ConnSettings, Handlers, serve_connection};
 use crate::limits::PendingConnections;
 
 /// Binding a listening socket failed.
@@ -44,7 +43,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, BindError> {
 /// Returns when the listener is closed.
 pub async fn accept_until(
     listener: TcpListener,
-    app: Router,
+    handlers: Handlers,
     settings: ConnSettings,
     pending: Arc<PendingConnections>,
     tracker: &TaskTracker,
@@ -64,9 +63,9 @@ pub async fn accept_until(
                     pending: Arc::clone(&pending),
                     deadline: tokio::time::Instant::now() + settings.header_read_timeout,
                 };
-                let app = app.clone();
+                let handlers = handlers.clone();
                 let stop = shutdown.clone();
-                tracker.spawn(serve_connection(accepted, app, settings, stop));
+                tracker.spawn(serve_connection(accepted, handlers, settings, stop));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -19,6 +19,7 @@ mod head;
 pub mod health;
 pub mod listener;
 pub mod publish;
+mod publish_conn;
 mod request_id;
 mod stream_conn;
 pub mod subscribe;
@@ -64,6 +65,9 @@ pub struct AppState {
     pub sse_metrics: SseMetrics,
     /// HTTP metric handles, resolved once per route, method and status.
     pub http_metrics: HttpMetrics,
+    /// What the CORS layer adds to a response without `Origin` (its
+    /// `Vary`), for the lean publish path to add the same.
+    pub cors_headers: axum::http::HeaderMap,
     /// Channels that may appear as a metric label (operator allowlist).
     pub channel_labels: std::collections::HashSet<String>,
 }
@@ -146,6 +150,7 @@ impl AppState {
             metrics,
             sse_metrics: SseMetrics::new(),
             http_metrics: HttpMetrics::default(),
+            cors_headers: axum::http::HeaderMap::new(),
         }
     }
 

@@ -83,12 +83,35 @@ pub async fn publish_events(
                 ApiError::bad_request("bad_request", format!("cannot read the body: {e}"))
             }
         });
+    let (ids, batch) = publish(&state, &who, &path, &parts.headers, body).await?;
+    let mut json = Vec::with_capacity(16 + ids.len() * 44);
+    accepted_json(&mut json, &ids, batch);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response())
+}
+
+/// Publishes the body of `POST /channels/{path}` once the request is read:
+/// the one publish logic of both connection paths (hyper's, through
+/// [`publish_events`], and the lean keep-alive path, `publish_conn`).
+pub(crate) async fn publish(
+    state: &AppState,
+    who: &Identity,
+    path: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<(Vec<EventId>, bool), ApiError> {
     // Admitted once the body is in; held to the end: the drain waits for
     // admitted publishes to finish, and refuses the rest.
     let Some(_admitted) = state.drain.begin_publish() else {
         return Err(ApiError::draining());
     };
-    let headers = &parts.headers;
     let (channel, batch) = if let Some(c) = path.strip_suffix("/events/batch") {
         (c, true)
     } else if let Some(c) = path.strip_suffix("/events") {
@@ -98,16 +121,16 @@ pub async fn publish_events(
             "publish to /channels/{channel}/events or /channels/{channel}/events/batch".into(),
         ));
     };
-    let (events, idempotency) = match checked_events(&state, &who, channel, batch, headers, body) {
+    let (events, idempotency) = match checked_events(state, who, channel, batch, headers, body) {
         Ok(checked) => checked,
         Err(refused) => {
             // A refused publish costs one unit of the publish rate, so a
             // flood of bad requests is limited like a flood of good ones.
-            state.edge.admit_publish_rate(&who, 1)?;
+            state.edge.admit_publish_rate(who, 1)?;
             return Err(refused);
         }
     };
-    state.edge.admit_publish_rate(&who, events.len())?;
+    state.edge.admit_publish_rate(who, events.len())?;
     let span = tracing::debug_span!("publish", channel = %channel, events = events.len());
     // Taken inside the publish span, so fan-out spans link to it.
     let trace = span.in_scope(crate::telemetry::trace::current_span_context);
@@ -131,40 +154,38 @@ pub async fn publish_events(
         )
         .increment(ids.len() as u64);
     }
-    Ok(accepted(&ids, batch))
+    Ok((ids, batch))
 }
 
-/// `202` with `{"id": "..."}`, or `{"ids": [...]}` for a batch, written
-/// straight into one buffer (ids are digits and `-`: nothing to escape).
-fn accepted(ids: &[EventId], batch: bool) -> Response {
-    use std::fmt::Write as _;
-    let mut body = String::with_capacity(16 + ids.len() * 44);
+/// The `202` body: `{"id": "..."}`, or `{"ids": [...]}` for a batch,
+/// appended to `out` (ids are digits and `-`: nothing to escape).
+pub(crate) fn accepted_json(out: &mut Vec<u8>, ids: &[EventId], batch: bool) {
+    let mut text = [0u8; EventId::MAX_LEN];
+    let mut put = |out: &mut Vec<u8>, id: &EventId| {
+        let n = id.write_into(&mut text);
+        out.push(b'"');
+        out.extend_from_slice(&text[..n]);
+        out.push(b'"');
+    };
     if batch {
-        body.push_str("{\"ids\":[");
+        out.extend_from_slice(b"{\"ids\":[");
         for (i, id) in ids.iter().enumerate() {
             if i > 0 {
-                body.push(',');
+                out.push(b',');
             }
-            let _ = write!(body, "\"{id}\"");
+            put(out, id);
         }
-        body.push_str("]}");
-    } else {
-        let _ = write!(body, "{{\"id\":\"{}\"}}", ids[0]);
+        out.extend_from_slice(b"]}");
+    } else if let Some(id) = ids.first() {
+        out.extend_from_slice(b"{\"id\":");
+        put(out, id);
+        out.push(b'}');
     }
-    (
-        StatusCode::ACCEPTED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
 }
 
 /// The channel part of `/channels/{*path}`, percent-decoded only when it
 /// holds a `%` (channel names never need one, but clients may encode `/`).
-fn channel_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+pub(crate) fn channel_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
     let rest = path.strip_prefix("/channels/").unwrap_or(path);
     if !rest.contains('%') {
         return Ok(std::borrow::Cow::Borrowed(rest));

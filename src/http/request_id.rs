@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header, as the CORS config exposes it.
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -22,7 +22,12 @@ const MAX_INCOMING_LEN: usize = 64;
 /// most 64 bytes), otherwise a new `<process prefix>-<counter>` in hex,
 /// unique per process without a clock or a random draw per request.
 pub(super) fn of(req: &Request) -> HeaderValue {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+    from_headers(req.headers())
+}
+
+/// [`of`], from the request's headers.
+pub(super) fn from_headers(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_INCOMING_LEN && b.iter().all(u8::is_ascii_graphic) {
             return v.clone();

@@ -44,6 +44,11 @@ impl WatchdogIo {
         }
     }
 
+    /// Gives the socket back (to hand the connection to another path).
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.inner
+    }
+
     /// The socket, for readiness checks that bypass the watchdog.
     pub(crate) fn get_ref(&self) -> &TcpStream {
         &self.inner

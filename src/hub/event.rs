@@ -3,13 +3,12 @@
 //! shares; fan-out adds only a reference count. The frame is the only copy
 //! of the data that is kept: the envelope form is derived from it on demand.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame::{put_fields, put_json_string};
+use super::frame::{data_lines_len, put_fields, put_json_string};
 use super::id::EventId;
 
 /// Room reserved in front of an encoded frame for its `id:` line, which is
@@ -89,13 +88,14 @@ impl PendingEvent {
         published_at: Instant,
         trace: Option<opentelemetry::trace::SpanContext>,
     ) -> Event {
+        // `id: ` + at most 41 + `\n`: 46 bytes, so it always fits the slot.
         let mut line = [0u8; ID_SLOT];
-        let len = {
-            let mut cursor = &mut line[..];
-            // 46 bytes at most, so it always fits the slot.
-            let _ = writeln!(cursor, "id: {id}");
-            ID_SLOT - cursor.len()
-        };
+        line[..4].copy_from_slice(b"id: ");
+        let mut text = [0u8; EventId::MAX_LEN];
+        let n = id.write_into(&mut text);
+        line[4..4 + n].copy_from_slice(&text[..n]);
+        line[4 + n] = b'\n';
+        let len = n + 5;
         let mut buf = self.buf;
         let start = ID_SLOT - len;
         buf[start..ID_SLOT].copy_from_slice(&line[..len]);
@@ -110,34 +110,6 @@ impl PendingEvent {
             trace,
         }
     }
-}
-
-/// Bytes of `data`'s `data:` lines: each line gets `data: ` and `\n`; CR,
-/// LF and CRLF each end one line (see `frame::put_data_lines`).
-fn data_lines_len(data: &str) -> usize {
-    let bytes = data.as_bytes();
-    let mut breaks = 0;
-    let mut separators = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' => {
-                breaks += 1;
-                separators += 1;
-            }
-            b'\r' => {
-                breaks += 1;
-                separators += 1;
-                if bytes.get(i + 1) == Some(&b'\n') {
-                    separators += 1;
-                    i += 1;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    data.len() - separators + 7 * (breaks + 1)
 }
 
 impl Event {

@@ -29,25 +29,43 @@ pub const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
 pub fn put_data_lines(buf: &mut BytesMut, data: &str) {
     let bytes = data.as_bytes();
     let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' | b'\r' => {
-                buf.put_slice(b"data: ");
-                buf.put_slice(&bytes[start..i]);
-                buf.put_u8(b'\n');
-                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                start = i + 1;
-            }
-            _ => {}
+    // Line ends are found with a vectorized search: most data has none.
+    for end in memchr::memchr2_iter(b'\n', b'\r', bytes) {
+        if end < start {
+            // The LF of a CRLF, already consumed with its CR.
+            continue;
         }
-        i += 1;
+        buf.put_slice(b"data: ");
+        buf.put_slice(&bytes[start..end]);
+        buf.put_u8(b'\n');
+        start = end + 1;
+        if bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n') {
+            start += 1;
+        }
     }
     buf.put_slice(b"data: ");
     buf.put_slice(&bytes[start..]);
     buf.put_u8(b'\n');
+}
+
+/// Bytes [`put_data_lines`] writes for `data`: each line gets `data: ` and
+/// `\n`; CR, LF and CRLF each end one line.
+pub(crate) fn data_lines_len(data: &str) -> usize {
+    let bytes = data.as_bytes();
+    let mut breaks = 0;
+    let mut separators = 0;
+    let mut after_cr = None;
+    for end in memchr::memchr2_iter(b'\n', b'\r', bytes) {
+        if after_cr == Some(end) && bytes[end] == b'\n' {
+            // The LF of a CRLF: part of the break the CR began.
+            separators += 1;
+            continue;
+        }
+        breaks += 1;
+        separators += 1;
+        after_cr = (bytes[end] == b'\r').then_some(end + 1);
+    }
+    data.len() - separators + 7 * (breaks + 1)
 }
 
 /// Builds a standalone SSE frame with the given fields (used for resets).
@@ -105,6 +123,33 @@ pub fn token_expired_frame(retry_ms: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_ending_mix_is_sized_exactly() {
+        // Every string of up to 7 characters over {a, CR, LF}.
+        let alphabet = ['a', '\r', '\n'];
+        for len in 0..=7u32 {
+            for mut n in 0..3usize.pow(len) {
+                let mut data = String::new();
+                for _ in 0..len {
+                    data.push(alphabet[n % 3]);
+                    n /= 3;
+                }
+                let mut buf = BytesMut::new();
+                put_data_lines(&mut buf, &data);
+                assert_eq!(buf.len(), data_lines_len(&data), "{data:?}");
+                // Every line is a data line, and the lines read back as the
+                // data with each line ending made a LF.
+                let text = std::str::from_utf8(&buf).expect("utf8");
+                let lines: Vec<&str> = text
+                    .split_terminator('\n')
+                    .map(|l| l.strip_prefix("data: ").expect("a data line"))
+                    .collect();
+                let expected = data.replace("\r\n", "\n").replace('\r', "\n");
+                assert_eq!(lines.join("\n"), expected, "{data:?}");
+            }
+        }
+    }
 
     #[test]
     fn control_frames_are_whole_events() {

@@ -34,15 +34,45 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// Longest text form: two 20-digit numbers and the dash.
+    pub const MAX_LEN: usize = 41;
+
+    /// Writes the text form into `out`; returns its length. On the publish
+    /// path (every frame's `id:` line and every 202 body) this avoids the
+    /// formatting machinery.
+    pub fn write_into(&self, out: &mut [u8; Self::MAX_LEN]) -> usize {
+        let mut digits = itoa::Buffer::new();
+        let epoch = digits.format(self.epoch).as_bytes();
+        out[..epoch.len()].copy_from_slice(epoch);
+        out[epoch.len()] = b'-';
+        let at = epoch.len() + 1;
+        let seq = digits.format(self.seq).as_bytes();
+        out[at..at + seq.len()].copy_from_slice(seq);
+        at + seq.len()
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.epoch, self.seq)
+        let mut buf = [0u8; Self::MAX_LEN];
+        let len = self.write_into(&mut buf);
+        // Digits and a dash: always UTF-8.
+        f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_form_is_epoch_dash_seq() {
+        for (epoch, seq) in [(0, 0), (7, 12345), (u64::MAX, u64::MAX), (1795824689565, 1)] {
+            let id = EventId { epoch, seq };
+            assert_eq!(id.to_string(), format!("{epoch}-{seq}"));
+        }
+    }
 
     #[test]
     fn round_trips() {

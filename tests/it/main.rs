@@ -12,5 +12,6 @@ mod jwks;
 mod openapi;
 mod otlp;
 mod prometheus;
+mod publish_path;
 mod redis;
 mod request_id;
