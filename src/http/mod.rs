@@ -84,11 +84,11 @@ pub struct HttpMetrics {
 type ByMethodStatus = HashMap<(&'static str, u16), HttpHandles>;
 
 /// One route, method and status's metric handles.
-type HttpHandles = (metrics::Counter, metrics::Histogram);
+pub(crate) type HttpHandles = (metrics::Counter, metrics::Histogram);
 
 impl HttpMetrics {
     /// The handles for a route template, method and status.
-    fn handles(&self, route: &str, method: &'static str, status: u16) -> HttpHandles {
+    pub(crate) fn handles(&self, route: &str, method: &'static str, status: u16) -> HttpHandles {
         if let Some(h) = self
             .by_route
             .read()

@@ -19,6 +19,7 @@
 //! common case cheap.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,15 +31,15 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::AppState;
 use super::connection::{ConnInfo, ConnSettings};
 use super::error::ApiError;
 use super::publish;
 use super::request_id;
 use super::watchdog::WatchdogIo;
+use super::{AppState, HttpHandles};
 
 /// The route template the metrics and spans name, as axum's router would.
 const ROUTE: &str = "/channels/{*path}";
@@ -82,12 +83,15 @@ pub(crate) async fn serve(
     drop(first);
     let request_timeout = Duration::from_secs(state.http.request_timeout_secs);
     let mut out = BytesMut::with_capacity(512);
+    let mut waits = Waits::new(&shutdown);
+    // The handles of the common answer, resolved once per connection.
+    let accepted_metrics = state.http_metrics.handles(ROUTE, "POST", 202);
     // The first head arrived under its own deadline; later ones get the
     // header timeout from the end of the previous response, idle included.
     let mut head_deadline = Instant::now() + settings.header_read_timeout;
     loop {
         let max_body = state.http.max_body_bytes;
-        let Some(head) = read_head(&mut io, &mut buf, head_deadline, &shutdown, max_body).await?
+        let Some(head) = read_head(&mut io, &mut buf, head_deadline, &mut waits, max_body).await?
         else {
             return Ok(Ended::Closed);
         };
@@ -99,12 +103,12 @@ pub(crate) async fn serve(
         while buf.len() < req.head_len + req.body_len {
             let body_deadline =
                 *body_deadline.get_or_insert_with(|| Instant::now() + request_timeout);
-            match read_more(&mut io, &mut buf, body_deadline, None).await? {
+            match read_more(&mut io, &mut buf, body_deadline, false, &mut waits).await? {
                 Read::More => {}
                 Read::Closed => return Ok(Ended::Closed),
                 Read::TimedOut => {
                     let timed_out = Outcome::Refused(ApiError::RequestTimeout.into_response());
-                    respond(&state, &mut out, timed_out, &req, true).await;
+                    respond(&state, &mut out, timed_out, &req, true, &accepted_metrics).await;
                     io.write_all(&out).await?;
                     return Ok(Ended::Closed);
                 }
@@ -116,7 +120,7 @@ pub(crate) async fn serve(
         let outcome = handle(&state, &info, &req, body).await;
         // Draining: this response is the connection's last.
         let close = req.close || state.drain.is_closing();
-        respond(&state, &mut out, outcome, &req, close).await;
+        respond(&state, &mut out, outcome, &req, close, &accepted_metrics).await;
         io.write_all(&out).await?;
         if close {
             io.shutdown().await?;
@@ -155,7 +159,7 @@ async fn read_head(
     io: &mut WatchdogIo,
     buf: &mut BytesMut,
     deadline: Instant,
-    shutdown: &CancellationToken,
+    waits: &mut Waits,
     max_body: usize,
 ) -> io::Result<Option<Head>> {
     loop {
@@ -171,7 +175,7 @@ async fn read_head(
         }
         // Idle between requests: a drain closes the connection at once.
         let idle = buf.is_empty();
-        match read_more(io, buf, deadline, idle.then_some(shutdown)).await? {
+        match read_more(io, buf, deadline, idle, waits).await? {
             Read::More => {}
             Read::Closed | Read::TimedOut => return Ok(None),
         }
@@ -288,6 +292,7 @@ async fn respond(
     outcome: Outcome,
     req: &PublishHead,
     close: bool,
+    accepted_metrics: &HttpHandles,
 ) {
     out.clear();
     let status = match outcome {
@@ -329,9 +334,15 @@ async fn respond(
             status.as_u16()
         }
     };
-    let (count, duration) = state.http_metrics.handles(ROUTE, "POST", status);
-    count.increment(1);
-    duration.record(req.started.elapsed().as_secs_f64());
+    let elapsed = req.started.elapsed().as_secs_f64();
+    if status == 202 {
+        accepted_metrics.0.increment(1);
+        accepted_metrics.1.record(elapsed);
+    } else {
+        let (count, duration) = state.http_metrics.handles(ROUTE, "POST", status);
+        count.increment(1);
+        duration.record(elapsed);
+    }
 }
 
 /// The headers every response of this path carries, as the routed path's
@@ -381,30 +392,51 @@ enum Read {
     TimedOut,
 }
 
-/// Reads what the socket has into `buf`, waiting until `deadline`; with
-/// `idle_shutdown`, a drain ends the wait too (as closed).
+/// The timer and the drain signal a connection waits on, made once per
+/// connection and re-armed for each wait (no timer or waiter is created
+/// and dropped per request).
+struct Waits {
+    timer: Pin<Box<Sleep>>,
+    drained: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Waits {
+    fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            drained: Box::pin(shutdown.clone().cancelled_owned()),
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`, waiting until `deadline`; when
+/// `idle`, a drain ends the wait too (as closed).
 async fn read_more(
     io: &mut WatchdogIo,
     buf: &mut BytesMut,
     deadline: Instant,
-    idle_shutdown: Option<&CancellationToken>,
+    idle: bool,
+    waits: &mut Waits,
 ) -> io::Result<Read> {
     buf.reserve(4096);
+    // What has arrived is taken without arming anything.
+    match io.get_ref().try_read_buf(buf) {
+        Ok(0) => return Ok(Read::Closed),
+        Ok(_) => return Ok(Read::More),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    waits.timer.as_mut().reset(deadline);
+    let Waits { timer, drained } = waits;
     let read = io.read_buf(buf);
-    let drained = async {
-        match idle_shutdown {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         biased;
-        () = drained => Ok(Read::Closed),
-        r = tokio::time::timeout_at(deadline, read) => match r {
-            Err(_) => Ok(Read::TimedOut),
-            Ok(Ok(0)) => Ok(Read::Closed),
-            Ok(Ok(_)) => Ok(Read::More),
-            Ok(Err(e)) => Err(e),
+        () = drained.as_mut(), if idle => Ok(Read::Closed),
+        () = timer.as_mut() => Ok(Read::TimedOut),
+        r = read => match r {
+            Ok(0) => Ok(Read::Closed),
+            Ok(_) => Ok(Read::More),
+            Err(e) => Err(e),
         },
     }
 }
