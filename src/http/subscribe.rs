@@ -22,7 +22,7 @@ use super::AppState;
 use super::connection::{CloseCell, CloseReason, ConnInfo};
 use super::edge::Identity;
 use super::error::ApiError;
-use crate::hub::frame::{HEARTBEAT, retry_frame, token_expired_frame};
+use crate::hub::frame::{HEARTBEAT, preamble, retry_frame, token_expired_frame};
 use crate::hub::{Batch, Resume, Subscription};
 use crate::telemetry::metrics as m;
 
@@ -116,7 +116,7 @@ pub async fn subscribe_events(
     metrics::counter!(m::CONNECTIONS_OPENED).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     let sse = &state.sse;
-    let preamble = retry_frame(sse.retry_ms);
+    let preamble = preamble(sse.retry_ms, sub.start_id());
     let expires_at = permit.expires_at();
     let next_heartbeat = Instant::now() + sse.heartbeat();
     let first_wake = expires_at.map_or(next_heartbeat, |e| e.min(next_heartbeat));

@@ -101,6 +101,22 @@ pub(crate) fn put_json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
 }
 
+/// The start of every stream: the `retry:` hint, then an event with only
+/// an `id:`, the position the stream starts from. EventSource sets its last
+/// event id from it without dispatching anything (an event with no data is
+/// not dispatched), so a client that loses the connection before its first
+/// real event still resumes from where it began, not from "now".
+pub fn preamble(retry_ms: u64, start: EventId) -> Bytes {
+    let mut buf = BytesMut::with_capacity(24 + EventId::MAX_LEN);
+    buf.put_slice(&retry_frame(retry_ms));
+    buf.put_slice(b"id: ");
+    let mut text = [0u8; EventId::MAX_LEN];
+    let n = start.write_into(&mut text);
+    buf.put_slice(&text[..n]);
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
 /// A `retry:` hint: the client's reconnect delay, in milliseconds.
 pub fn retry_frame(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
@@ -154,6 +170,10 @@ mod tests {
     #[test]
     fn control_frames_are_whole_events() {
         assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n\n");
+        assert_eq!(
+            &preamble(2500, EventId { epoch: 7, seq: 42 })[..],
+            b"retry: 2500\n\nid: 7-42\n\n"
+        );
         assert_eq!(
             &token_expired_frame(3000)[..],
             &b"event: herald.token_expired\ndata: {\"reason\":\"token_expired\",\"message\":\"refresh the token and reconnect\"}\n\nretry: 3000\n\n"[..]

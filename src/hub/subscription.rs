@@ -149,6 +149,14 @@ impl Subscription {
         self.cursors.iter().map(|c| &*c.channel.name)
     }
 
+    /// Where the stream starts, for its preamble: the epoch and position.
+    pub fn start_id(&self) -> EventId {
+        EventId {
+            epoch: self.epoch,
+            seq: self.position(),
+        }
+    }
+
     /// The seq up to which this subscription has been given everything:
     /// its lowest cursor.
     pub fn position(&self) -> u64 {

@@ -887,3 +887,34 @@ async fn idempotent_publish_on_the_memory_broker() {
     sse.assert_quiet(Duration::from_millis(100)).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_before_its_first_event_resumes_without_a_gap() {
+    let server = TestServer::start().await;
+    server.publish("first-cut", json!("before")).await;
+    // The stream opens with the position it starts from, as an id-only
+    // event: EventSource takes it as its last event id.
+    let mut conn = raw_get(server.addr, "/events?channel=first-cut", "").await;
+    // The retry block and the id block.
+    let head = read_until_count(&mut conn, b"\n\n", 2, WAIT).await;
+    let text = String::from_utf8_lossy(&head);
+    let start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no starting id in {text:?}"))
+        .to_string();
+    assert_eq!(
+        start,
+        server.get_json("/channels/first-cut").await["last_id"]
+    );
+    drop(conn);
+    // Published while the client was away, before it saw any event.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(server.publish("first-cut", json!(n)).await);
+    }
+    let mut sse = server.subscribe("channel=first-cut", Some(&start)).await;
+    let got: Vec<String> = sse.take(3).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, ids, "nothing published during the gap is missed");
+    server.stop().await;
+}
