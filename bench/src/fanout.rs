@@ -26,7 +26,9 @@ use crate::{server_stats, worker};
 /// Command-line options of the subscriber runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8, localhost, `[::1]`).
+    /// Base URL of the Herald server under test (loopback only: 127.0.0.0/8,
+    /// localhost, `[::1]`); several, comma-separated, for replicas of one
+    /// deployment: subscribers and publisher connections go round-robin.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
     /// Concurrent SSE subscribers to open.
@@ -117,7 +119,7 @@ pub struct FanoutArgs {
 /// as one of the controller's subscriber workers).
 pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
     validate(&args)?;
-    let target = Target::parse(&args.url)?;
+    let targets = Target::parse_all(&args.url)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(t) = args.threads {
@@ -133,7 +135,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("--worker-id needs --run-id"))?;
             let plan = worker_plan(
                 &args,
-                target,
+                targets,
                 &run_id,
                 id,
                 count,
@@ -142,7 +144,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<()> {
             rt.block_on(worker::serve_as_child(plan));
             Ok(())
         }
-        None => rt.block_on(control(args, target)),
+        None => rt.block_on(control(args, targets)),
     };
     // The stdin reader of a child worker sits in a blocking read: do not wait for it.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -219,7 +221,7 @@ fn channel_names(run_id: &str, count: usize) -> Vec<String> {
 
 fn worker_plan(
     a: &FanoutArgs,
-    target: Target,
+    targets: Vec<Target>,
     run_id: &str,
     id: usize,
     count: usize,
@@ -229,12 +231,13 @@ fn worker_plan(
         .step_by(count.max(1))
         .map(|i| SubSpec {
             global: i,
+            target: i % targets.len(),
             channel: i % a.channels,
             source: source_ip(i, a.source_ips),
         })
         .collect();
     WorkerPlan {
-        target,
+        targets,
         token: a.token.clone(),
         channels: channel_names(run_id, a.channels),
         subs,
@@ -284,7 +287,7 @@ fn layout(a: &FanoutArgs) -> anyhow::Result<Layout> {
 }
 
 /// The controller: starts the workers, publishes, and reports.
-async fn control(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
+async fn control(args: FanoutArgs, targets: Vec<Target>) -> anyhow::Result<()> {
     let started = Instant::now();
     let hard_deadline = started + hard_limit(&args);
     let run_id = format!("{:08x}", fastrand::u32(..));
@@ -305,7 +308,7 @@ async fn control(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     let (msg_tx, mut msgs) = mpsc::unbounded_channel::<(usize, WorkerMsg)>();
     let mut workers = Vec::with_capacity(lay.processes);
     if lay.in_process {
-        let plan = worker_plan(&args, target.clone(), &run_id, 0, 1, hard_limit(&args));
+        let plan = worker_plan(&args, targets.clone(), &run_id, 0, 1, hard_limit(&args));
         workers.push(worker::spawn_local(0, plan, msg_tx.clone()));
     } else {
         for id in 0..lay.processes {
@@ -398,7 +401,7 @@ async fn control(args: FanoutArgs, target: Target) -> anyhow::Result<()> {
     // not queue behind thousands of subscriber tasks when the bench is busy.
     let publisher = (args.rate > 0.0).then(|| {
         let plan = PublishPlan {
-            target: target.clone(),
+            targets: targets.clone(),
             token: args.token.clone(),
             channels: channels.clone(),
             rate: args.rate,

@@ -24,7 +24,7 @@ use crate::target::Target;
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
     /// The server.
-    pub target: Target,
+    pub targets: Vec<Target>,
     /// Bearer token for publish requests.
     pub token: Option<String>,
     /// Channel names.
@@ -125,6 +125,8 @@ pub async fn publish(plan: PublishPlan) -> PublishResult {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishResult {
+    // Connections are spread over the servers round-robin.
+    let target = plan.targets[j % plan.targets.len()].clone();
     let c = plan.channels.len().max(1);
     let batch = plan.batch.max(1);
     let mut res = PublishResult {
@@ -188,10 +190,10 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
         req.extend_from_slice(
             format!(
                 "POST {}/channels/{}/events{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n",
-                plan.target.base_path,
+                target.base_path,
                 plan.channels[ch],
                 path_suffix,
-                plan.target.host,
+                target.host,
                 auth,
                 body.len()
             )
@@ -206,7 +208,7 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
         let t0 = Instant::now();
         let outcome = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            crate::client::send(&plan.target, &mut conn, &req, &mut rbuf),
+            crate::client::send(&target, &mut conn, &req, &mut rbuf),
         )
         .await;
         match outcome {

@@ -45,6 +45,8 @@ pub enum Mode {
 pub struct SubSpec {
     /// Its number among all the bench's subscribers.
     pub global: usize,
+    /// Index of the server it connects to in [`WorkerPlan::targets`].
+    pub target: usize,
     /// Index of its channel in [`WorkerPlan::channels`].
     pub channel: usize,
     /// Local address to bind before connecting, if spreading sources.
@@ -54,8 +56,8 @@ pub struct SubSpec {
 /// Everything a worker needs to run its share.
 #[derive(Debug, Clone)]
 pub struct WorkerPlan {
-    /// The server.
-    pub target: Target,
+    /// The servers (replicas of one deployment).
+    pub targets: Vec<Target>,
     /// Bearer token sent with each subscribe request.
     pub token: Option<String>,
     /// All the bench's channel names; a subscriber's `channel` indexes this.
@@ -90,7 +92,7 @@ struct Ctl {
 }
 
 struct Shared {
-    target: Target,
+    targets: Vec<Target>,
     token: Option<String>,
     channels: Vec<String>,
     mode: Mode,
@@ -148,7 +150,7 @@ pub async fn run_worker(
     let hard_deadline = plan.hard_deadline;
     let shards = 16.min(n.max(1));
     let shared = Arc::new(Shared {
-        target: plan.target,
+        targets: plan.targets,
         token: plan.token,
         channels: plan.channels,
         mode: plan.mode,
@@ -518,20 +520,19 @@ impl Subscriber {
     /// Returns the stream, the head length, the bytes read so far, and
     /// whether the body is chunked.
     async fn open(&mut self) -> Result<(TcpStream, usize, usize, bool), String> {
-        let mut stream = self
-            .shared
-            .target
+        let sh = &self.shared;
+        let target = &sh.targets[self.spec.target % sh.targets.len()];
+        let mut stream = target
             .connect(self.spec.source)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let sh = &self.shared;
         let mut req = String::with_capacity(256);
         req.push_str("GET ");
-        req.push_str(&sh.target.base_path);
+        req.push_str(&target.base_path);
         req.push_str("/events?channel=");
         req.push_str(&sh.channels[self.spec.channel]);
         req.push_str(" HTTP/1.1\r\nHost: ");
-        req.push_str(&sh.target.host);
+        req.push_str(&target.host);
         req.push_str("\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
         if let Some(t) = &sh.token {
             req.push_str("Authorization: Bearer ");
@@ -798,14 +799,15 @@ mod tests {
             .into_boxed_slice(),
         );
         tokio::spawn(fake_server(listener, body));
-        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let targets = vec![Target::parse(&format!("http://{addr}")).unwrap()];
         let plan = WorkerPlan {
-            target,
+            targets,
             token: None,
             channels: vec!["c".into()],
             subs: (0..3)
                 .map(|i| SubSpec {
                     global: i,
+                    target: 0,
                     channel: 0,
                     source: None,
                 })

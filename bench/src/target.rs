@@ -17,6 +17,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses one URL or several, comma-separated (replicas of one
+    /// deployment): subscribers and publisher connections are spread over
+    /// them round-robin.
+    pub fn parse_all(urls: &str) -> anyhow::Result<Vec<Self>> {
+        let targets = urls
+            .split(',')
+            .map(|u| Self::parse(u.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!targets.is_empty(), "--url names no server");
+        Ok(targets)
+    }
+
     /// Parses `http://HOST[:PORT][/prefix]`, refusing any host that is not
     /// 127.0.0.0/8, `localhost` or `::1`: the bench is a load generator and
     /// must not be pointed at someone else's server.
@@ -109,6 +121,16 @@ pub fn source_ip(i: usize, count: usize) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_replicas_and_loopback_each() {
+        let t =
+            Target::parse_all("http://127.0.0.1:8001, http://127.0.0.1:8002/base").expect("two");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].addr.port(), 8002);
+        assert_eq!(t[1].base_path, "/base");
+        assert!(Target::parse_all("http://127.0.0.1:8001,http://example.com").is_err());
+    }
 
     #[test]
     fn loopback_only() {
