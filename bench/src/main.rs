@@ -2,6 +2,7 @@
 //! deployment. It talks to Herald over plain HTTP/1.1 and never targets
 //! anything but loopback.
 //!
+//! - [`args`]: the command-line arguments of the subscriber runs.
 //! - [`fanout`]: the subscriber runs (fan-out, reconnect, storm): the
 //!   controller that starts workers, publishes and reports.
 //! - [`rate`]: the publish-rate run (`herald-bench publish`), open or closed
@@ -18,6 +19,7 @@
 //! - [`report`]: merging results and printing them.
 
 mod accounting;
+mod args;
 mod client;
 mod fanout;
 mod protocol;

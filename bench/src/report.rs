@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::fanout::FanoutArgs;
+use crate::args::FanoutArgs;
 use crate::protocol::{WorkerReport, histogram_from_pairs};
 use crate::publisher::PublishResult;
 use crate::server_stats::ProcSample;

@@ -1,13 +1,12 @@
-//! One accepted TCP connection: who is on the other end ([`ConnInfo`]), why
-//! it closed ([`CloseReason`], shared through a [`CloseCell`]), and which of
-//! the two paths serves it once its first request head is read (`head`):
-//! the lean stream path for a first request of `GET /events`
-//! (`stream_conn`), or hyper's HTTP/1 server for the rest.
+//! One accepted TCP connection, and which path serves it once its first
+//! request head is read (`head`): the lean stream path for `GET /events`
+//! (`stream_conn`), the lean publish path for `POST /channels/...`
+//! (`publish_conn`), or hyper's HTTP/1 server for the rest. What the
+//! connection carries through them ([`ConnInfo`] and its [`CloseCell`])
+//! lives in [`conn_info`](super::conn_info).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
@@ -21,90 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::AppState;
+pub use super::conn_info::{CloseCell, CloseReason, ConnInfo, ConnSettings};
 use super::head::{self, FirstHead, Prefixed};
 use super::publish_conn::{self, Ended};
 use super::stream_conn;
 use super::watchdog::WatchdogIo;
 use crate::limits::PendingConnections;
-
-/// Per-connection facts, inserted into each request by the connection loop.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The socket peer.
-    pub peer: SocketAddr,
-    /// Why the connection closed, when the IO layer knows first.
-    pub close: Arc<CloseCell>,
-}
-
-/// Why a stream ended, for `herald_connections_closed_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CloseReason {
-    /// Not decided yet.
-    Open = 0,
-    /// The client went away.
-    Client = 1,
-    /// The server is draining.
-    Shutdown = 2,
-    /// The credential expired mid-stream.
-    TokenExpired = 3,
-    /// The socket accepted no bytes within the write timeout.
-    WriteTimeout = 4,
-    /// The connection failed.
-    Error = 5,
-}
-
-impl CloseReason {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Client,
-            2 => Self::Shutdown,
-            3 => Self::TokenExpired,
-            4 => Self::WriteTimeout,
-            5 => Self::Error,
-            _ => Self::Open,
-        }
-    }
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open | Self::Client => "client",
-            Self::Shutdown => "shutdown",
-            Self::TokenExpired => "token_expired",
-            Self::WriteTimeout => "write_timeout",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// Shared between a connection's IO watchdog and its stream, so the stream
-/// can report why the connection closed.
-#[derive(Debug, Default)]
-pub struct CloseCell(AtomicU8);
-
-impl CloseCell {
-    /// Records a reason unless one is already set.
-    pub fn set(&self, reason: CloseReason) {
-        let _ = self
-            .0
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-    }
-    /// The recorded reason.
-    pub fn get(&self) -> CloseReason {
-        CloseReason::from_u8(self.0.load(Ordering::Acquire))
-    }
-}
-
-/// Timeouts every connection is served with.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnSettings {
-    /// Time allowed for a request head to arrive: from accept for the
-    /// first, from the end of the previous response for later ones.
-    pub header_read_timeout: Duration,
-    /// A write that makes no progress this long fails the connection.
-    pub write_timeout: Duration,
-}
 
 /// What serves a connection's requests: the router (every route, every
 /// layer), and the state the lean paths call into directly.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::AppState;
-use super::connection::ConnInfo;
+use super::conn_info::ConnInfo;
 use super::error::ApiError;
 use crate::auth::{AuthConfig, AuthError, Authenticator, Claims};
 use crate::limits::{LimitKey, Limits, LimitsConfig, LimitsConfigError};

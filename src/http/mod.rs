@@ -11,6 +11,7 @@
 //!   `watchdog`: the write-progress timeout both paths share.
 
 pub mod config;
+pub mod conn_info;
 pub mod connection;
 pub mod cors;
 pub mod edge;

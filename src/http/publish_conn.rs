@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::connection::{ConnInfo, ConnSettings};
+use super::conn_info::{ConnInfo, ConnSettings};
 use super::error::ApiError;
 use super::publish;
 use super::request_id;

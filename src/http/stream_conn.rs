@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::connection::{CloseCell, CloseReason, ConnInfo};
+use super::conn_info::{CloseCell, CloseReason, ConnInfo};
 use super::error::ApiError;
 use super::watchdog::WatchdogIo;
 

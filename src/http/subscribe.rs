@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::AppState;
-use super::connection::{CloseCell, CloseReason, ConnInfo};
+use super::conn_info::{CloseCell, CloseReason, ConnInfo};
 use super::edge::Identity;
 use super::error::ApiError;
 use crate::hub::frame::{HEARTBEAT, preamble, retry_frame, token_expired_frame};

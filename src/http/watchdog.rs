@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{CloseCell, CloseReason};
+use super::conn_info::{CloseCell, CloseReason};
 
 /// A TCP stream whose writes must make progress within `timeout`.
 pub(crate) struct WatchdogIo {
