@@ -9,18 +9,7 @@ use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::common::{ServerProcess, TestServer, client};
-
-/// Reads VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
+use crate::common::{ServerProcess, TestServer, client, rss_kib};
 
 /// What the README documents as the allowance above the budget: request
 /// buffers, one publish in flight, allocator slack.

@@ -452,17 +452,6 @@ mod common_event_key {
     }
 }
 
-/// Reads VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     const EVENTS: usize = 8000;
@@ -482,7 +471,7 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     let stalled = raw_get(server.addr, "/events?channel=flood", "").await;
     let mut fast = raw_get(server.addr, "/events?channel=flood", "").await;
     let reader = tokio::spawn(async move {
-        read_until_count(&mut fast, b"\nid: ", EVENTS, Duration::from_secs(120)).await
+        read_until_count(&mut fast, b"\ndata: ", EVENTS, Duration::from_secs(120)).await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_kib(pid);
@@ -499,13 +488,9 @@ async fn an_unread_subscriber_neither_slows_others_nor_grows_memory() {
     }
     let rss_after = rss_kib(pid);
     let bytes = reader.await.expect("reader task");
-    // Count the "id: " lines of the body; the response head (which carries
-    // `x-request-id: `) ends at the first blank line.
-    let body_start = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(0, |i| i + 4);
-    let delivered = count_occurrences(&bytes[body_start..], b"id: ");
+    // Count the events' data lines: the stream's opening (`retry:` and an
+    // id-only position event) carries none.
+    let delivered = count_occurrences(&bytes, b"\ndata: ");
     assert_eq!(delivered, EVENTS, "the fast subscriber got every event");
     assert_eq!(
         count_occurrences(&bytes, b"herald.reset"),

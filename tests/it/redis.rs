@@ -173,31 +173,32 @@ async fn wait_ready(server: &ServerProcess) {
     }
 }
 
+/// Publishes `{"data": data}` to `channel` on the server at `base`.
 async fn publish(
     http: &reqwest::Client,
-    server: &ServerProcess,
+    base: &str,
     channel: &str,
     data: Value,
 ) -> reqwest::Response {
-    http.post(server.url(&format!("/channels/{channel}/events")))
+    http.post(format!("{base}/channels/{channel}/events"))
         .json(&json!({ "data": data }))
         .send()
         .await
         .expect("publish request")
 }
 
-async fn publish_id(
-    http: &reqwest::Client,
-    server: &ServerProcess,
-    channel: &str,
-    n: u64,
-) -> String {
-    let res = publish(http, server, channel, json!(n)).await;
-    assert_eq!(res.status(), 202, "publish to {channel}");
+/// The id of an accepted publish (asserts 202).
+async fn accepted_id(res: reqwest::Response) -> String {
+    assert_eq!(res.status(), 202, "publish accepted");
     res.json::<Value>().await.expect("json")["id"]
         .as_str()
         .expect("id")
         .to_string()
+}
+
+/// Publishes and returns the id.
+async fn publish_id(http: &reqwest::Client, base: &str, channel: &str, data: Value) -> String {
+    accepted_id(publish(http, base, channel, data).await).await
 }
 
 async fn subscribe(server: &ServerProcess, query: &str, last_event_id: Option<&str>) -> Sse {
@@ -248,17 +249,7 @@ async fn replicas_deliver_one_total_order_to_everyone() {
         tasks.push(tokio::spawn(async move {
             for n in 0..60usize {
                 let channel = channels[(p + n) % 4];
-                let res = http
-                    .post(format!("{url}/channels/{channel}/events"))
-                    .json(&json!({ "data": format!("{p}-{n}") }))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(res.status(), 202);
-                let id = res.json::<Value>().await.expect("json")["id"]
-                    .as_str()
-                    .expect("id")
-                    .to_string();
+                let id = publish_id(&http, &url, channel, json!(format!("{p}-{n}"))).await;
                 published
                     .lock()
                     .expect("lock")
@@ -323,17 +314,7 @@ async fn history_meets_live_on_another_replica_with_nothing_lost_or_repeated() {
                     break;
                 }
                 let c = (n + p) % CHANNELS;
-                let res = http
-                    .post(format!("{url}/channels/handoff/{c}/events"))
-                    .json(&json!({ "data": n }))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(res.status(), 202);
-                let id = res.json::<Value>().await.expect("json")["id"]
-                    .as_str()
-                    .expect("id")
-                    .to_string();
+                let id = publish_id(&http, &url, &format!("handoff/{c}"), json!(n)).await;
                 log.lock().expect("lock").push((c, id.clone()));
                 let mut newest = newest.lock().expect("lock");
                 if newest.as_ref().is_none_or(|old| seq(old) < seq(&id)) {
@@ -397,7 +378,7 @@ async fn a_client_resumes_on_another_replica_after_a_crash() {
     let mut sse = subscribe(&a, "channel=crash", None).await;
     let mut ids = Vec::new();
     for n in 0..20 {
-        ids.push(publish_id(&http, &b, "crash", n).await);
+        ids.push(publish_id(&http, &b.url(""), "crash", json!(n)).await);
     }
     let first_half = sse.take(20).await;
     assert_eq!(
@@ -407,7 +388,7 @@ async fn a_client_resumes_on_another_replica_after_a_crash() {
     a.signal("KILL");
     let _ = a.child.wait().await;
     for n in 20..40 {
-        ids.push(publish_id(&http, &b, "crash", n).await);
+        ids.push(publish_id(&http, &b.url(""), "crash", json!(n)).await);
     }
     let last_seen = &first_half[19].id;
     let mut resumed = subscribe(&b, "channel=crash", Some(last_seen)).await;
@@ -445,17 +426,7 @@ async fn a_cut_pubsub_link_loses_nothing_silently() {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let res = http
-                    .post(format!("{url}/channels/cut/events"))
-                    .json(&json!({ "data": n }))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(res.status(), 202);
-                let id = res.json::<Value>().await.expect("json")["id"]
-                    .as_str()
-                    .expect("id")
-                    .to_string();
+                let id = publish_id(&http, &url, "cut", json!(n)).await;
                 ids.lock().expect("lock").push(id);
             }
         }));
@@ -507,12 +478,12 @@ async fn redis_down_then_back_empty() {
     .await;
     let http = client();
     let mut sse = subscribe(&a, "channel=outage", None).await;
-    let before = publish_id(&http, &a, "outage", 1).await;
+    let before = publish_id(&http, &a.url(""), "outage", json!(1)).await;
     assert_eq!(sse.next().await.id, before);
     redis.kill();
     // Publish answers 503 within the command timeout, with a JSON error.
     let started = Instant::now();
-    let res = publish(&http, &a, "outage", json!(2)).await;
+    let res = publish(&http, &a.url(""), "outage", json!(2)).await;
     let took = started.elapsed();
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.expect("json error");
@@ -551,12 +522,9 @@ async fn redis_down_then_back_empty() {
     redis.restart_empty();
     let deadline = Instant::now() + Duration::from_secs(15);
     let after = loop {
-        let res = publish(&http, &a, "outage", json!(3)).await;
+        let res = publish(&http, &a.url(""), "outage", json!(3)).await;
         if res.status() == 202 {
-            break res.json::<Value>().await.expect("json")["id"]
-                .as_str()
-                .expect("id")
-                .to_string();
+            break accepted_id(res).await;
         }
         assert!(Instant::now() < deadline, "publishing never resumed");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -610,7 +578,7 @@ async fn an_idempotent_retry_on_another_replica_publishes_once() {
         .await
         .expect("clash");
     assert_eq!(clash.status(), 422);
-    let after = publish_id(&http, &a, "idem", 2).await;
+    let after = publish_id(&http, &a.url(""), "idem", json!(2)).await;
     let got = sse.take(2).await;
     assert_eq!(got[0].id, id.as_str().expect("id"));
     assert_eq!(got[1].id, after, "the retry published nothing");
@@ -697,7 +665,7 @@ fn tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
 /// One publish on `publisher` seen by a subscriber on `reader`.
 async fn round_trip(publisher: &ServerProcess, reader: &ServerProcess, channel: &str) {
     let mut sse = subscribe(reader, &format!("channel={channel}"), None).await;
-    let id = publish_id(&client(), publisher, channel, 7).await;
+    let id = publish_id(&client(), &publisher.url(""), channel, json!(7)).await;
     assert_eq!(sse.next().await.id, id);
 }
 

@@ -110,9 +110,15 @@ impl RedisBroker {
             redis: Connector::new(cfg)?,
             keys: Keys::new(&cfg.key_prefix),
             scripts: Scripts {
-                publish: Script::new(include_str!("publish.lua")),
+                publish: Script::new(concat!(
+                    include_str!("epoch.lua"),
+                    include_str!("publish.lua")
+                )),
                 history: Script::new(include_str!("history.lua")),
-                state: Script::new(include_str!("state.lua")),
+                state: Script::new(concat!(
+                    include_str!("epoch.lua"),
+                    include_str!("state.lua")
+                )),
                 sweep: Script::new(include_str!("sweep.lua")),
             },
             ring_size,

@@ -1,5 +1,5 @@
 -- Publishes a batch of events to one channel, atomically:
---   1. create the epoch if Redis has none (first start, or data lost);
+--   1. create the epoch if Redis has none (epoch.lua, prepended);
 --   2. honour an idempotency key: a known key returns the first ids;
 --   3. take the next seqs from the one global counter;
 --   4. append each event to the channel's stream under id "<seq>-0",
@@ -15,13 +15,6 @@
 --       4 fingerprint, 5 max stream length, 6 stream ttl (s),
 --       7 pub/sub channel, 8 body, 9 event count,
 --       then per event: type ("" for none), data, json ("1"/"0")
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('SET', KEYS[2], epoch)
-  redis.call('SET', KEYS[1], 0)
-end
 if ARGV[2] == '1' then
   local seen = redis.call('GET', KEYS[6])
   if seen then

@@ -1,11 +1,4 @@
 -- The deployment's epoch and newest seq, creating the epoch when Redis has
--- none (first start, or its data was lost), in one atomic step.
+-- none, in one atomic step (epoch.lua comes first).
 -- KEYS: 1 seq, 2 epoch
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('SET', KEYS[2], epoch)
-  redis.call('SET', KEYS[1], 0)
-end
 return {epoch, redis.call('GET', KEYS[1]) or '0'}
