@@ -55,7 +55,9 @@ import exec from 'k6/execution';
 import sse from 'k6/x/sse';
 import {
   BASE_URL,
+  COMPLETE_DELIVERY,
   authHeaders,
+  deliveryCounters,
   intEnv,
   publishHeaders,
   requireServer,
@@ -91,21 +93,14 @@ const PUBLISH_ATTEMPTS = 5;
 /** Reconnects per subscriber: one per drop, plus room for refused opens. */
 const MAX_CONNECTS = STORM ? Math.ceil((SUBSCRIBER_SECS * 1000) / RECONNECT_EVERY_MS) + 20 : 20;
 
-const lost = new Counter('herald_k6_lost');
-const duplicated = new Counter('herald_k6_duplicated');
-const reordered = new Counter('herald_k6_reordered');
-const resets = new Counter('herald_k6_resets');
+const counted = deliveryCounters();
 const reconnects = new Counter('herald_k6_reconnects');
-const received = new Counter('herald_k6_received');
 const publishFailed = new Counter('herald_k6_publish_failed');
 const complete = new Rate('herald_k6_complete');
 const delivery = new Trend('herald_k6_delivery_ms', true);
 
 const thresholds = {
-  herald_k6_lost: ['count==0'],
-  herald_k6_duplicated: ['count==0'],
-  herald_k6_reordered: ['count==0'],
-  herald_k6_resets: ['count==0'],
+  ...COMPLETE_DELIVERY,
   herald_k6_publish_failed: ['count==0'],
   herald_k6_complete: ['rate==1'],
   checks: ['rate==1'],
@@ -275,11 +270,7 @@ export function subscriber(data) {
     published.push({ key: seq });
   }
   const a = account(published, got);
-  lost.add(a.lost + a.announced);
-  duplicated.add(a.duplicated + a.unexpected);
-  reordered.add(a.reordered);
-  resets.add(a.resets);
-  received.add(a.received);
+  counted.record(a);
   reconnects.add(drops);
   complete.add(done);
   if (a.lost + a.announced + a.duplicated + a.unexpected + a.reordered + a.resets > 0) {

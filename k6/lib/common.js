@@ -1,9 +1,11 @@
 // Shared by the k6 scripts: environment parsing with bounds, the target
 // check (loopback unless ALLOW_REMOTE=1), request headers, payloads and the
-// end-of-test summary (text on stdout, JSON in a file).
+// end-of-test summary (text on stdout, JSON in a file), and the delivery
+// counters of the subscriber scripts.
 
 import http from 'k6/http';
 import exec from 'k6/execution';
+import { Counter } from 'k6/metrics';
 
 /** Upper bounds that keep every run finite and on this machine's scale. */
 export const MAX_DURATION_SECS = 3600;
@@ -208,3 +210,38 @@ export function summaryOutputs(script, data) {
     [file]: JSON.stringify(data, null, 2),
   };
 }
+
+/**
+ * The delivery counters both subscriber scripts report (create them in the
+ * init context). `record(a)` adds one subscriber's ledger from
+ * `lib/ledger.js`'s `account`: losses a `herald.reset` announced count under
+ * `announced`, the rest under `lost`; unknown events count as duplicates.
+ */
+export function deliveryCounters() {
+  const c = {
+    lost: new Counter('herald_k6_lost'),
+    announced: new Counter('herald_k6_announced'),
+    duplicated: new Counter('herald_k6_duplicated'),
+    reordered: new Counter('herald_k6_reordered'),
+    resets: new Counter('herald_k6_resets'),
+    received: new Counter('herald_k6_received'),
+  };
+  c.record = (a) => {
+    c.lost.add(a.lost);
+    c.announced.add(a.announced);
+    c.duplicated.add(a.duplicated + a.unexpected);
+    c.reordered.add(a.reordered);
+    c.resets.add(a.resets);
+    c.received.add(a.received);
+  };
+  return c;
+}
+
+/** Thresholds of a complete delivery: nothing lost, repeated, reordered or reset. */
+export const COMPLETE_DELIVERY = {
+  herald_k6_lost: ['count==0'],
+  herald_k6_announced: ['count==0'],
+  herald_k6_duplicated: ['count==0'],
+  herald_k6_reordered: ['count==0'],
+  herald_k6_resets: ['count==0'],
+};
