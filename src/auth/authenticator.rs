@@ -149,7 +149,11 @@ impl Authenticator {
         let mut verified = self.verify_keyed(token);
         if matches!(verified, Err(AuthError::UnknownKey))
             && let Some(jwks) = &self.jwks
-            && jwks.refresh_for_unknown_kid().await
+            // Boxed: the HTTP fetch is a large future, and this rare path
+            // would otherwise size every request's future.
+            // Boxed: the HTTP fetch is a large future, and this rare path
+            // would otherwise size every request's future.
+            && Box::pin(jwks.refresh_for_unknown_kid()).await
         {
             verified = self.verify_keyed(token);
         }
@@ -356,6 +360,17 @@ mod tests {
     use axum::http::{HeaderValue, header};
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
+
+    /// Verifying a token is a small future: the JWKS refresh on an unknown
+    /// `kid` (an HTTP fetch) is boxed, so it does not size every request's.
+    #[test]
+    fn authenticating_is_a_small_future() {
+        let auth = authenticator(&hs_config());
+        let headers = bearer("x");
+        let verify = auth.authenticate_with_refresh(&headers, None);
+        let size = std::mem::size_of_val(&verify);
+        assert!(size <= 320, "the authenticate future is {size} bytes");
+    }
 
     #[tokio::test]
     async fn disabled_auth_is_anonymous_and_open() {

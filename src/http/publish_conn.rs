@@ -120,13 +120,14 @@ pub(crate) async fn serve(
         let outcome = handle(&state, &info, &req, body).await;
         // Draining: this response is the connection's last.
         let close = req.close || state.drain.is_closing();
-        respond(&state, &mut out, outcome, &req, close, &accepted_metrics).await;
+        let answered = respond(&state, &mut out, outcome, &req, close, &accepted_metrics).await;
         io.write_all(&out).await?;
         if close {
             io.shutdown().await?;
             return Ok(Ended::Closed);
         }
-        head_deadline = Instant::now() + settings.header_read_timeout;
+        // The clock read that timed the response also starts the next wait.
+        head_deadline = Instant::from_std(answered) + settings.header_read_timeout;
     }
 }
 
@@ -270,7 +271,13 @@ async fn handle(state: &AppState, info: &ConnInfo, req: &PublishHead, body: Byte
         let path = publish::channel_path(&req.path)?;
         publish::publish(state, &who, &path, &req.headers, Ok(body)).await
     };
-    let outcome = match tracing::Instrument::instrument(work, span.clone()).await {
+    // A disabled span (no subscriber wants it) is not entered per poll.
+    let result = if span.is_disabled() {
+        work.await
+    } else {
+        tracing::Instrument::instrument(work, span.clone()).await
+    };
+    let outcome = match result {
         Ok((ids, batch)) => Outcome::Accepted(ids, batch),
         Err(e) => Outcome::Refused(e.into_response()),
     };
@@ -285,7 +292,8 @@ async fn handle(state: &AppState, info: &ConnInfo, req: &PublishHead, body: Byte
 }
 
 /// Writes the response into `out` as an HTTP/1.1 message with the headers
-/// the routed path adds (request id, CORS `Vary`, `Date`), and counts it.
+/// the routed path adds (request id, CORS `Vary`, `Date`), and counts it;
+/// returns when it was answered.
 async fn respond(
     state: &AppState,
     out: &mut BytesMut,
@@ -293,7 +301,7 @@ async fn respond(
     req: &PublishHead,
     close: bool,
     accepted_metrics: &HttpHandles,
-) {
+) -> std::time::Instant {
     out.clear();
     let status = match outcome {
         Outcome::Accepted(ids, batch) => {
@@ -334,7 +342,8 @@ async fn respond(
             status.as_u16()
         }
     };
-    let elapsed = req.started.elapsed().as_secs_f64();
+    let answered = std::time::Instant::now();
+    let elapsed = answered.duration_since(req.started).as_secs_f64();
     if status == 202 {
         accepted_metrics.0.increment(1);
         accepted_metrics.1.record(elapsed);
@@ -343,6 +352,7 @@ async fn respond(
         count.increment(1);
         duration.record(elapsed);
     }
+    answered
 }
 
 /// The headers every response of this path carries, as the routed path's
