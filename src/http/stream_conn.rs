@@ -15,17 +15,18 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request, header};
 use axum::response::IntoResponse as _;
+use bytes::Buf as _;
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite as _, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
@@ -40,22 +41,24 @@ const MAX_HEADERS: usize = 64;
 /// Largest non-streaming response body written on this path (errors).
 const MAX_PLAIN_BODY: usize = 64 * 1024;
 
-/// Serves one connection whose first request is `GET /events`, given the
-/// bytes of its head (read by `head::read_first_head`). Bytes after the
-/// head are a pipelined request, which this path ignores.
-pub(crate) async fn serve(
+/// Serves a connection whose first request is `GET /events`, given the
+/// bytes of its head (read by `head::read_first_head`), up to the stream:
+/// routes the request and writes the response head. A stream comes back as
+/// [`Streaming`], for the connection's task to poll on its own (see
+/// `connection::serve_connection`); any other response is written whole
+/// here (`None`). Bytes after the head are a pipelined request, which this
+/// path ignores.
+pub(crate) async fn open(
     stream: TcpStream,
     head: Vec<u8>,
     info: ConnInfo,
     app: Router,
     write_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<Option<Streaming>> {
     let parsed = parse_head(&head);
     drop(head);
     let mut io = WatchdogIo::new(stream, write_timeout, Arc::clone(&info.close));
     let close = Arc::clone(&info.close);
-    // The routing phase is boxed so the connection's task keeps only what
-    // streaming needs for the life of the connection.
     let response = match parsed {
         Err(refused) => refused.into_response(),
         Ok(mut request) => {
@@ -92,12 +95,17 @@ pub(crate) async fn serve(
     }
     drop(parts);
     if !streaming {
-        return Box::pin(write_plain(io, head, body)).await;
+        return write_plain(io, head, body).await.map(|()| None);
     }
     head.push_str("connection: close\r\n\r\n");
     io.write_all(head.as_bytes()).await?;
-    drop(head);
-    stream_body(io, body, &close).await
+    Ok(Some(Streaming {
+        io,
+        body,
+        close,
+        data: Bytes::new(),
+        ended: false,
+    }))
 }
 
 /// Writes a complete, non-streaming response (an error) and closes.
@@ -116,50 +124,71 @@ async fn write_plain(mut io: WatchdogIo, mut head: String, body: Body) -> io::Re
     io.shutdown().await
 }
 
-/// What woke a streaming connection.
-enum Wake {
-    Frame(Option<Result<http_body::Frame<axum::body::Bytes>, axum::Error>>),
-    Readable(io::Result<()>),
-}
-
 /// Writes SSE frames as the body yields them, until it ends, the client
 /// leaves, or the watchdog finds a write making no progress.
-async fn stream_body(mut io: WatchdogIo, mut body: Body, close: &CloseCell) -> io::Result<()> {
-    loop {
-        // One hand-written poll per wake: the body first, then whether the
-        // client closed its side. No futures are rebuilt per event.
-        let wake = std::future::poll_fn(|cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                return Poll::Ready(Wake::Frame(frame));
-            }
-            io.get_ref().poll_read_ready(cx).map(Wake::Readable)
-        })
-        .await;
-        match wake {
-            Wake::Frame(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    io.write_all(&data).await?;
+///
+/// Written by hand rather than as an `async fn`: it lives as long as the
+/// connection, and an `async fn` would keep its arguments twice (as upvars
+/// and as locals) plus every local of every state, over 400 bytes against
+/// this struct's size. One poll: finish the frame being written, then take
+/// the next frame, then see whether the client closed its side. Nothing is
+/// built per event.
+pub(crate) struct Streaming {
+    io: WatchdogIo,
+    body: Body,
+    close: Arc<CloseCell>,
+    /// What is left to write of the current frame.
+    data: Bytes,
+    /// The body ended: shut the socket down, then done.
+    ended: bool,
+}
+
+impl Future for Streaming {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            while !this.data.is_empty() {
+                let n = ready!(Pin::new(&mut this.io).poll_write(cx, &this.data))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
+                this.data.advance(n);
             }
-            Wake::Frame(Some(Err(_)) | None) => break,
-            Wake::Readable(ready) => {
-                ready?;
-                // The client sends nothing after its request; a readable
-                // socket means it closed (or is pipelining, which we ignore).
-                let mut sink = [0u8; 256];
-                match io.get_ref().try_read(&mut sink) {
-                    Ok(0) => {
-                        close.set(CloseReason::Client);
-                        return Ok(());
+            if this.ended {
+                return Pin::new(&mut this.io).poll_shutdown(cx);
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.data = data;
                     }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    continue;
                 }
+                Poll::Ready(Some(Err(_)) | None) => {
+                    this.ended = true;
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            ready!(this.io.get_ref().poll_read_ready(cx))?;
+            // The client sends nothing after its request; a readable socket
+            // means it closed (or is pipelining, which we ignore).
+            let mut sink = [0u8; 256];
+            match this.io.get_ref().try_read(&mut sink) {
+                Ok(0) => {
+                    this.close.set(CloseReason::Client);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness is cleared by `WouldBlock`: poll again, which
+                // registers for the next wake.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
-    io.shutdown().await
 }
 
 /// A parsed request, or the error refusing it.
