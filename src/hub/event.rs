@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame::{data_lines_len, put_fields, put_json_string};
+use super::frame::{ID_LINE_MAX, data_lines_len, put_fields, put_id_line, put_json_string};
 use super::id::EventId;
 
 /// Room reserved in front of an encoded frame for its `id:` line, which is
-/// only known once the sequencer assigns the seq: `id: ` + 20 + `-` + 20 + `\n`.
-const ID_SLOT: usize = 48;
+/// only known once the sequencer assigns the seq.
+const ID_SLOT: usize = ID_LINE_MAX;
 
 /// Bytes an event costs beyond its frame: the struct, the `Arc` header and
 /// its ring slot. Counted against `hub.max_memory_bytes`.
@@ -88,14 +88,12 @@ impl PendingEvent {
         published_at: Instant,
         trace: Option<opentelemetry::trace::SpanContext>,
     ) -> Event {
-        // `id: ` + at most 41 + `\n`: 46 bytes, so it always fits the slot.
         let mut line = [0u8; ID_SLOT];
-        line[..4].copy_from_slice(b"id: ");
-        let mut text = [0u8; EventId::MAX_LEN];
-        let n = id.write_into(&mut text);
-        line[4..4 + n].copy_from_slice(&text[..n]);
-        line[4 + n] = b'\n';
-        let len = n + 5;
+        let len = {
+            let mut rest = &mut line[..];
+            put_id_line(&mut rest, id);
+            ID_SLOT - rest.len()
+        };
         let mut buf = self.buf;
         let start = ID_SLOT - len;
         buf[start..ID_SLOT].copy_from_slice(&line[..len]);

@@ -85,7 +85,7 @@ pub(crate) fn put_fields(
     data: &str,
 ) {
     if let Some(id) = id {
-        buf.put_slice(format!("id: {id}\n").as_bytes());
+        put_id_line(buf, id);
     }
     if let Some(t) = event_type {
         buf.put_slice(b"event: ");
@@ -93,6 +93,19 @@ pub(crate) fn put_fields(
         buf.put_u8(b'\n');
     }
     put_data_lines(buf, data);
+    buf.put_u8(b'\n');
+}
+
+/// Longest `id:` line: `id: `, the id, `\n`.
+pub(crate) const ID_LINE_MAX: usize = 4 + EventId::MAX_LEN + 1;
+
+/// Writes the `id:` line, at most [`ID_LINE_MAX`] bytes, without the
+/// formatting machinery: every event frame, envelope and stream start has one.
+pub(crate) fn put_id_line(buf: &mut impl BufMut, id: EventId) {
+    let mut text = [0u8; EventId::MAX_LEN];
+    let n = id.write_into(&mut text);
+    buf.put_slice(b"id: ");
+    buf.put_slice(&text[..n]);
     buf.put_u8(b'\n');
 }
 
@@ -107,13 +120,10 @@ pub(crate) fn put_json_string(out: &mut String, s: &str) {
 /// not dispatched), so a client that loses the connection before its first
 /// real event still resumes from where it began, not from "now".
 pub fn preamble(retry_ms: u64, start: EventId) -> Bytes {
-    let mut buf = BytesMut::with_capacity(24 + EventId::MAX_LEN);
+    let mut buf = BytesMut::with_capacity(24 + ID_LINE_MAX);
     buf.put_slice(&retry_frame(retry_ms));
-    buf.put_slice(b"id: ");
-    let mut text = [0u8; EventId::MAX_LEN];
-    let n = start.write_into(&mut text);
-    buf.put_slice(&text[..n]);
-    buf.put_slice(b"\n\n");
+    put_id_line(&mut buf, start);
+    buf.put_u8(b'\n');
     buf.freeze()
 }
 
