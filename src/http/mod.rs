@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -231,17 +231,7 @@ async fn observe_request(State(state): State<Arc<AppState>>, req: Request, next:
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = method_label(req.method());
-    let span = tracing::debug_span!(
-        "request",
-        otel.name = %format_args!("{method} {route}"),
-        http.method = method,
-        http.route = route,
-        http.status = tracing::field::Empty,
-        request_id = ?id,
-    );
-    if !span.is_disabled() {
-        crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
-    }
+    let span = request_span(method, route, &id, req.headers());
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let mut response = json_rejection(response).await;
     let status = response.status().as_u16();
@@ -251,6 +241,29 @@ async fn observe_request(State(state): State<Arc<AppState>>, req: Request, next:
     duration.record(started.elapsed().as_secs_f64());
     response.headers_mut().insert(&request_id::X_REQUEST_ID, id);
     response
+}
+
+/// The span of one request, on either connection path (routed here, or the
+/// lean publish path): DEBUG, so it costs nothing unless traces are
+/// exported; an incoming `traceparent` becomes its parent.
+pub(crate) fn request_span(
+    method: &'static str,
+    route: &str,
+    id: &HeaderValue,
+    headers: &HeaderMap,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        http.method = method,
+        http.route = route,
+        http.status = tracing::field::Empty,
+        request_id = ?id,
+    );
+    if !span.is_disabled() {
+        crate::telemetry::trace::adopt_remote_parent(&span, headers);
+    }
+    span
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {

@@ -140,15 +140,11 @@ pub(crate) async fn publish(
         idempotency,
         trace,
     };
-    let published = if span.is_disabled() {
-        state.broker.publish(request).await?
-    } else {
-        state
-            .broker
-            .publish(request)
-            .instrument(span.clone())
-            .await?
-    };
+    let published = state
+        .broker
+        .publish(request)
+        .instrument(span.clone())
+        .await?;
     let ids = published.ids;
     tracing::debug!(parent: &span, first = %ids[0], replayed = published.replayed, "published");
     if !state.channel_labels.is_empty() && state.channel_labels.contains(channel) {

@@ -255,39 +255,21 @@ enum Outcome {
 
 /// Runs the publish, as the routed request would, up to the response.
 async fn handle(state: &AppState, info: &ConnInfo, req: &PublishHead, body: Bytes) -> Outcome {
-    let span = tracing::debug_span!(
-        "request",
-        otel.name = "POST /channels/{*path}",
-        http.method = "POST",
-        http.route = ROUTE,
-        http.status = tracing::field::Empty,
-        request_id = ?req.request_id,
-    );
-    if !span.is_disabled() {
-        crate::telemetry::trace::adopt_remote_parent(&span, &req.headers);
-    }
+    let span = super::request_span("POST", ROUTE, &req.request_id, &req.headers);
     let work = async {
         let who = state.edge.identify(info, &req.headers, None).await?;
         let path = publish::channel_path(&req.path)?;
         publish::publish(state, &who, &path, &req.headers, Ok(body)).await
     };
-    // A disabled span (no subscriber wants it) is not entered per poll.
-    let result = if span.is_disabled() {
-        work.await
-    } else {
-        tracing::Instrument::instrument(work, span.clone()).await
-    };
-    let outcome = match result {
+    let outcome = match tracing::Instrument::instrument(work, span.clone()).await {
         Ok((ids, batch)) => Outcome::Accepted(ids, batch),
         Err(e) => Outcome::Refused(e.into_response()),
     };
-    if !span.is_disabled() {
-        let status = match &outcome {
-            Outcome::Accepted(..) => 202,
-            Outcome::Refused(r) => r.status().as_u16(),
-        };
-        span.record("http.status", status);
-    }
+    let status = match &outcome {
+        Outcome::Accepted(..) => 202,
+        Outcome::Refused(r) => r.status().as_u16(),
+    };
+    span.record("http.status", status);
     outcome
 }
 
