@@ -96,10 +96,17 @@ impl Claims {
     /// it has passed, `None` when the token has no `exp`. Capped at
     /// [`MAX_EXPIRES_IN`], so adding it to an `Instant` cannot overflow.
     pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_in_after(Duration::ZERO)
+    }
+
+    /// [`expires_in`](Self::expires_in), counted to `exp` plus `leeway`:
+    /// until a fresh verification of the token would start to fail.
+    pub fn expires_in_after(&self, leeway: Duration) -> Option<Duration> {
         let left = UNIX_EPOCH
             .checked_add(Duration::from_secs(self.exp?))
-            .map_or(MAX_EXPIRES_IN, |exp| {
-                exp.duration_since(SystemTime::now())
+            .and_then(|exp| exp.checked_add(leeway))
+            .map_or(MAX_EXPIRES_IN, |end| {
+                end.duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO)
             });
         Some(left.min(MAX_EXPIRES_IN))

@@ -10,7 +10,7 @@
 //! already satisfied when the token was verified. The set is bounded.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -48,12 +48,7 @@ impl VerifiedTokens {
         }
         let now = Instant::now();
         let mut until = now + REMEMBER_FOR;
-        if let Some(exp) = claims.exp {
-            // Where a fresh verification would start failing: exp + leeway.
-            let left = UNIX_EPOCH
-                .checked_add(Duration::from_secs(exp) + leeway)
-                .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                .unwrap_or(Duration::ZERO);
+        if let Some(left) = claims.expires_in_after(leeway) {
             until = until.min(now + left);
         }
         if until > now {
@@ -78,6 +73,7 @@ impl VerifiedTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn claims(exp: Option<u64>) -> Arc<Claims> {
         let mut claims = Claims::default();
