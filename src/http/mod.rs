@@ -22,6 +22,7 @@ pub mod listener;
 pub mod publish;
 mod publish_conn;
 mod request_id;
+mod response_head;
 mod stream_conn;
 pub mod subscribe;
 mod watchdog;

@@ -38,6 +38,7 @@ use super::conn_info::{ConnInfo, ConnSettings};
 use super::error::ApiError;
 use super::publish;
 use super::request_id;
+use super::response_head::{put_header, put_status_and_headers};
 use super::watchdog::WatchdogIo;
 use super::{AppState, HttpHandles};
 
@@ -304,24 +305,11 @@ async fn respond(
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let status = parts.status;
-            out.put_slice(b"HTTP/1.1 ");
-            out.put_slice(status.as_str().as_bytes());
-            out.put_u8(b' ');
-            out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-            out.put_slice(b"\r\n");
-            for (name, value) in &parts.headers {
-                if name == axum::http::header::CONTENT_LENGTH
-                    || name == axum::http::header::CONNECTION
-                {
-                    continue;
-                }
-                put_header(out, name.as_str(), value.as_bytes());
-            }
+            put_status_and_headers(out, &parts);
             put_common(state, out, req, close);
             let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
             out.put_slice(&body);
-            status.as_u16()
+            parts.status.as_u16()
         }
     };
     let answered = std::time::Instant::now();
@@ -348,13 +336,6 @@ fn put_common(state: &AppState, out: &mut BytesMut, req: &PublishHead, close: bo
         put_header(out, "connection", b"close");
     }
     put_date(out);
-}
-
-fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.put_slice(name.as_bytes());
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 /// Writes the `Date` header, its value formatted once per second.

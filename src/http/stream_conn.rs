@@ -12,6 +12,7 @@
 //! is one `write` of the shared `Bytes`, and no buffer outlives the request
 //! head. Every other connection is served by hyper.
 
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request, header};
 use axum::response::IntoResponse as _;
-use bytes::Buf as _;
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncWrite as _, AsyncWriteExt};
@@ -32,6 +33,7 @@ use tower::ServiceExt;
 
 use super::conn_info::{CloseCell, CloseReason, ConnInfo};
 use super::error::ApiError;
+use super::response_head::put_status_and_headers;
 use super::watchdog::WatchdogIo;
 
 /// Largest request head accepted on this path.
@@ -75,30 +77,14 @@ pub(crate) async fn open(
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let (parts, body) = response.into_parts();
-    let mut head = String::with_capacity(256);
-    head.push_str("HTTP/1.1 ");
-    head.push_str(parts.status.as_str());
-    head.push(' ');
-    head.push_str(parts.status.canonical_reason().unwrap_or(""));
-    head.push_str("\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-        {
-            continue;
-        }
-        head.push_str(name.as_str());
-        head.push_str(": ");
-        head.push_str(value.to_str().unwrap_or(""));
-        head.push_str("\r\n");
-    }
+    let mut head = BytesMut::with_capacity(256);
+    put_status_and_headers(&mut head, &parts);
     drop(parts);
     if !streaming {
         return write_plain(io, head, body).await.map(|()| None);
     }
-    head.push_str("connection: close\r\n\r\n");
-    io.write_all(head.as_bytes()).await?;
+    head.put_slice(b"connection: close\r\n\r\n");
+    io.write_all(&head).await?;
     Ok(Some(Streaming {
         io,
         body,
@@ -109,17 +95,18 @@ pub(crate) async fn open(
 }
 
 /// Writes a complete, non-streaming response (an error) and closes.
-async fn write_plain(mut io: WatchdogIo, mut head: String, body: Body) -> io::Result<()> {
+async fn write_plain(mut io: WatchdogIo, mut head: BytesMut, body: Body) -> io::Result<()> {
     let bytes = http_body_util::Limited::new(body, MAX_PLAIN_BODY)
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    head.push_str(&format!(
+    let _ = write!(
+        head,
         "content-length: {}\r\nconnection: close\r\n\r\n",
         bytes.len()
-    ));
-    io.write_all(head.as_bytes()).await?;
+    );
+    io.write_all(&head).await?;
     io.write_all(&bytes).await?;
     io.shutdown().await
 }
