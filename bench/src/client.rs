@@ -3,11 +3,56 @@
 //! `Content-Length`, chunked coding, or the end of the connection), and keep
 //! the connection for the next request unless the server said to close.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::sse::{ChunkDecoder, parse_head};
 use crate::target::Target;
+
+/// How long one request may take, connect included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// On the wire: connect, write, read or framing.
+    Io(String),
+    /// No whole answer within [`REQUEST_TIMEOUT`].
+    TimedOut,
+}
+
+impl Failure {
+    /// The message a report shows.
+    pub fn message(self) -> String {
+        match self {
+            Self::Io(e) => e,
+            Self::TimedOut => "request timed out".into(),
+        }
+    }
+}
+
+/// [`send`] within [`REQUEST_TIMEOUT`], as both publishers use it: returns
+/// the status; the connection is kept for the next request only when it
+/// can carry one (dropped after a failure or `Connection: close`).
+pub async fn request(
+    target: &Target,
+    conn: &mut Option<TcpStream>,
+    req: &[u8],
+    buf: &mut [u8],
+) -> Result<u16, Failure> {
+    let (result, keep) =
+        match tokio::time::timeout(REQUEST_TIMEOUT, send(target, conn, req, buf)).await {
+            Ok(Ok((status, close))) => (Ok(status), !close),
+            Ok(Err(e)) => (Err(Failure::Io(e)), false),
+            Err(_) => (Err(Failure::TimedOut), false),
+        };
+    if !keep {
+        *conn = None;
+    }
+    result
+}
 
 /// Sends one request on the keep-alive connection (opening it if needed) and
 /// reads the whole response; returns the status and whether the connection

@@ -121,9 +121,6 @@ pub async fn publish(plan: PublishPlan) -> PublishResult {
     total
 }
 
-/// Per-request time limit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishResult {
     // Connections are spread over the servers round-robin.
     let target = plan.targets[j % plan.targets.len()].clone();
@@ -206,13 +203,8 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
             res.events_sent_measured += batch as u64;
         }
         let t0 = Instant::now();
-        let outcome = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            crate::client::send(&target, &mut conn, &req, &mut rbuf),
-        )
-        .await;
-        match outcome {
-            Ok(Ok((status, close))) => {
+        match crate::client::request(&target, &mut conn, &req, &mut rbuf).await {
+            Ok(status) => {
                 if let Some(h) = &mut res.rtt_us {
                     h.saturating_record((t0.elapsed().as_micros() as u64).max(1));
                 }
@@ -225,19 +217,10 @@ async fn publish_connection(plan: PublishPlan, j: usize, k: usize) -> PublishRes
                 } else {
                     *res.http_status.entry(status).or_default() += 1;
                 }
-                if close {
-                    conn = None;
-                }
             }
-            Ok(Err(e)) => {
+            Err(failure) => {
                 res.io_errors += 1;
-                res.last_error = Some(e);
-                conn = None;
-            }
-            Err(_) => {
-                res.io_errors += 1;
-                res.last_error = Some("publish timed out".into());
-                conn = None;
+                res.last_error = Some(failure.message());
             }
         }
         r += k as u64;

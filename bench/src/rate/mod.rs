@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use self::pacing::Pacer;
 use self::report::{RateReport, ServerCpu};
 use self::request::{BodyKind, Endpoint};
+use crate::client::{Failure, REQUEST_TIMEOUT};
 use crate::protocol::new_histogram;
 use crate::server_stats;
 
@@ -83,9 +84,6 @@ pub struct PublishArgs {
     #[arg(long)]
     pub json: bool,
 }
-
-/// Per-request time limit; a request still unanswered then counts as an io error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Open loop: a request sent later than this after it was due counts as
 /// late. tokio's timers have 1 ms resolution, so anything tighter would
@@ -383,13 +381,8 @@ async fn connection(plan: Arc<Plan>, j: usize) -> ConnResult {
                 res.late += 1;
             }
         }
-        let outcome = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            crate::client::send(&plan.endpoint.target, &mut conn, req, &mut buf),
-        )
-        .await;
-        match outcome {
-            Ok(Ok((status, close))) => {
+        match crate::client::request(&plan.endpoint.target, &mut conn, req, &mut buf).await {
+            Ok(status) => {
                 *res.status.entry(status).or_default() += 1;
                 if (200..300).contains(&status) {
                     res.requests_ok += 1;
@@ -399,20 +392,14 @@ async fn connection(plan: Arc<Plan>, j: usize) -> ConnResult {
                             .saturating_record((t0.elapsed().as_micros() as u64).max(1));
                     }
                 }
-                if close {
-                    conn = None;
+            }
+            Err(failure) => {
+                res.io_errors += 1;
+                let pause = matches!(failure, Failure::Io(_));
+                res.last_error = Some(failure.message());
+                if pause {
+                    tokio::time::sleep(ERROR_PAUSE).await;
                 }
-            }
-            Ok(Err(e)) => {
-                res.io_errors += 1;
-                res.last_error = Some(e);
-                conn = None;
-                tokio::time::sleep(ERROR_PAUSE).await;
-            }
-            Err(_) => {
-                res.io_errors += 1;
-                res.last_error = Some("request timed out".into());
-                conn = None;
             }
         }
     }
