@@ -233,7 +233,7 @@ async fn observe_request(State(state): State<Arc<AppState>>, req: Request, next:
     let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = method_label(req.method());
     let span = request_span(method, route, &id, req.headers());
-    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let response = crate::telemetry::trace::in_span(next.run(req), &span).await;
     let mut response = json_rejection(response).await;
     let status = response.status().as_u16();
     span.record("http.status", status);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use tracing::Instrument as _;
+use crate::telemetry::trace::in_span;
 
 use super::AppState;
 use super::edge::Identity;
@@ -140,11 +140,7 @@ pub(crate) async fn publish(
         idempotency,
         trace,
     };
-    let published = state
-        .broker
-        .publish(request)
-        .instrument(span.clone())
-        .await?;
+    let published = in_span(state.broker.publish(request), &span).await?;
     let ids = published.ids;
     tracing::debug!(parent: &span, first = %ids[0], replayed = published.replayed, "published");
     if !state.channel_labels.is_empty() && state.channel_labels.contains(channel) {

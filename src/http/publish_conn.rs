@@ -262,7 +262,7 @@ async fn handle(state: &AppState, info: &ConnInfo, req: &PublishHead, body: Byte
         let path = publish::channel_path(&req.path)?;
         publish::publish(state, &who, &path, &req.headers, Ok(body)).await
     };
-    let outcome = match tracing::Instrument::instrument(work, span.clone()).await {
+    let outcome = match crate::telemetry::trace::in_span(work, &span).await {
         Ok((ids, batch)) => Outcome::Accepted(ids, batch),
         Err(e) => Outcome::Refused(e.into_response()),
     };

@@ -244,6 +244,23 @@ pub fn current_span_context() -> Option<SpanContext> {
     (sc.is_valid() && sc.is_sampled()).then(|| sc.clone())
 }
 
+/// Runs `fut` inside `span`, or alone when the span is disabled (DEBUG
+/// spans with traces off): `Instrumented` enters and exits even a disabled
+/// span on every poll: on the lean publish path, skipping that measured
+/// 0.1–0.25 µs a publish (alternated runs; near this machine's noise).
+pub fn in_span<F: std::future::Future>(
+    fut: F,
+    span: &tracing::Span,
+) -> futures_util::future::Either<F, tracing::instrument::Instrumented<F>> {
+    use futures_util::future::Either;
+    use tracing::Instrument as _;
+    if span.is_disabled() {
+        Either::Left(fut)
+    } else {
+        Either::Right(fut.instrument(span.clone()))
+    }
+}
+
 /// Makes an incoming W3C `traceparent` the parent of `span`. Call it before
 /// the span is entered: a started span's parent cannot change.
 pub fn adopt_remote_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
